@@ -1,0 +1,907 @@
+"""The arbiter: the whole per-task, per-CPU debug register state machine of one host.
+
+Requests go in, events come out, and time is a parameter (`now`, seconds). Like h11, the arbiter
+does no I/O and keeps no clock: the daemon, the tests and the benchmarks drive this same object.
+Every public operation either applies fully and returns the events it caused, in order, or raises a
+`CoreError` and changes nothing. The same operations give the same events.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from debugregd.core import dr7 as dr7_abi
+from debugregd.core import eviction, registers
+from debugregd.core.admission import PoolBudget
+from debugregd.core.errors import Forbidden, InvalidRequest, InvalidTransition, NotFound, Refused
+from debugregd.core.model import (
+    Allocation,
+    Event,
+    OnEvict,
+    Priority,
+    Request,
+    Scope,
+    ScopeKind,
+    Session,
+    Watchpoint,
+    parse_priority,
+)
+from debugregd.core.profiles import Access, Profile, Space, make_profile, x86_64
+from debugregd.core.states import LIVE, TERMINAL, State, Trigger, next_state
+from debugregd.core.watch import Chunk
+
+MAX_BLOCKERS = 16
+HIT_ACCESSES = ("exec", "read", "write")
+
+
+@dataclass(slots=True)
+class RawTask:
+    """A task's debug registers as its ptrace user last wrote them (DESIGN section 8)."""
+
+    tid: int
+    session: str | None
+    addresses: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dr7: int = 0
+    allocations: dict[int, str] = field(default_factory=dict)  # DRn -> allocation id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tid": self.tid,
+            "session": self.session,
+            "addresses": list(self.addresses),
+            "dr7": self.dr7,
+            "allocations": {str(n): a for n, a in self.allocations.items()},
+        }
+
+
+class Arbiter:
+    """Owns every session, allocation and register file of one host."""
+
+    def __init__(
+        self,
+        profile: Profile | None = None,
+        ncpus: int = 1,
+        *,
+        mode_switching: bool = False,
+        history: int = 10_000,
+    ) -> None:
+        if ncpus < 1:
+            raise InvalidRequest(f"a host has at least one CPU, got {ncpus}")
+        self.profile = profile or x86_64()
+        self.ncpus = ncpus
+        self.mode_switching = mode_switching
+        self.history_limit = history
+        self.all_cpus = tuple(range(ncpus))
+        spaces = ("user", "kernel") if mode_switching else ("",)
+        self.budgets: dict[str, PoolBudget] = {}
+        for pool, slots in self.profile.pools.items():
+            for space in spaces:
+                key = f"{pool}/{space}" if space else pool
+                self.budgets[key] = PoolBudget(key, slots, ncpus)
+        self.sessions: dict[str, Session] = {}
+        self.allocations: dict[str, Allocation] = {}  # live: installed or waiting
+        self.history: OrderedDict[str, Allocation] = OrderedDict()  # terminal, bounded
+        self.raw: dict[int, RawTask] = {}
+        self.event_id = 0
+        self.generation = 0
+        self._seq = 0  # arrival and install order
+        self._next_allocation = 0
+        self._next_session = 0
+        self._shared: dict[tuple[Any, ...], Watchpoint] = {}
+        self._waiting: list[tuple[int, int, str]] = []  # (-priority, seq, id): service order
+        self._expiry: list[tuple[float, str]] = []  # lazy heap of (expires_at, session id)
+        # Per-operation scratch: events so far, index baselines for `moved`, freed budgets.
+        self._events: list[Event] = []
+        self._baseline: dict[Watchpoint, dict[int, tuple[int, ...]]] = {}
+        self._freed: set[str] = set()
+        self._held_back: set[str] = set()
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(
+        self,
+        name: str,
+        ttl_s: float,
+        now: float,
+        *,
+        max_priority: int | str = Priority.NORMAL,
+        allow_non_evictable: bool = False,
+        allow_kernel: bool = False,
+    ) -> tuple[Session, list[Event]]:
+        """Open a lease of `ttl_s` seconds; everything allocated under it dies with it."""
+        if not 0 < ttl_s <= 86_400:
+            raise InvalidRequest(f"ttl_s must be more than 0 and at most 86400, got {ttl_s}")
+        top = parse_priority(max_priority)
+        self._next_session += 1
+        session = Session(
+            id=f"s{self._next_session}",
+            name=name,
+            ttl_s=ttl_s,
+            expires_at=now + ttl_s,
+            created_at=now,
+            max_priority=top,
+            allow_non_evictable=allow_non_evictable,
+            allow_kernel=allow_kernel,
+        )
+        self.sessions[session.id] = session
+        heapq.heappush(self._expiry, (session.expires_at, session.id))
+        self._begin()
+        self._emit("session_opened", now, session.id, data={"name": name, "ttl_s": ttl_s})
+        return session, self._end(now)
+
+    def keepalive(self, session_id: str, now: float) -> Session:
+        """Renew a lease for another TTL. Causes no event."""
+        session = self.session(session_id)
+        session.expires_at = now + session.ttl_s
+        heapq.heappush(self._expiry, (session.expires_at, session.id))
+        return session
+
+    def close_session(self, session_id: str, now: float) -> list[Event]:
+        """End a session and release everything it held."""
+        session = self.session(session_id)
+        self._begin()
+        self._end_session(session, now, Trigger.RELEASE, "closed")
+        return self._end(now)
+
+    def tick(self, now: float) -> list[Event]:
+        """Expire every session whose lease ran out by `now`."""
+        self._begin()
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            at, sid = heapq.heappop(expiry)
+            session = self.sessions.get(sid)
+            if session is None or session.expires_at != at:
+                continue  # closed, or renewed since: a stale heap entry
+            self._end_session(session, now, Trigger.EXPIRE, "expired")
+        return self._end(now)
+
+    def next_expiry(self) -> float | None:
+        """When the next lease may run out (for the daemon's sweeper)."""
+        while self._expiry:
+            at, sid = self._expiry[0]
+            session = self.sessions.get(sid)
+            if session is not None and session.expires_at == at:
+                return at
+            heapq.heappop(self._expiry)
+        return None
+
+    def session(self, session_id: str) -> Session:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise NotFound(f"no open session {session_id!r}; it was closed or expired") from None
+
+    # ------------------------------------------------------------------ allocations
+
+    def allocate(
+        self, session_id: str | None, request: Request, now: float
+    ) -> tuple[Allocation, list[Event]]:
+        """Admit, queue or refuse a request. `session_id=None` acts as the admin.
+
+        Raises Refused (naming the blockers) when it does not fit even after evicting every
+        strictly-lower evictable holder and the request did not ask to wait.
+        """
+        session = None if session_id is None else self.session(session_id)
+        pool, space, chunks, cpus = self._validate(request, session)
+        budget = self.budgets[self._budget_key(pool, space)]
+        key = self._share_key(budget.name, request.scope.tid, cpus, chunks, request.access)
+        shared = self._shared.get(key)
+        tid = request.scope.tid if request.scope.kind is ScopeKind.TASK else None
+        plan = (
+            eviction.FIT
+            if shared is not None
+            else self._plan(budget, tid, cpus, len(chunks), request.priority)
+        )
+        if not plan.fits and not request.wait:
+            raise Refused(self._refusal_detail(request, plan.blockers), self._name(plan.blockers))
+        alloc = self._new_allocation(session, request, pool, space, chunks, now)
+        self._begin()
+        if plan.fits:
+            self._evict_all(
+                plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
+            )
+            self._install(alloc, cpus, budget, Trigger.ADMIT, now, key)
+        else:
+            self._queue(alloc, now, plan.blockers)
+        return alloc, self._end(now)
+
+    def release(
+        self, allocation_id: str, now: float, *, session_id: str | None = None
+    ) -> tuple[Allocation, list[Event]]:
+        """Let go of an allocation (owner, or admin with `session_id=None`). Idempotent."""
+        alloc = self.allocation(allocation_id)
+        self._check_owner(alloc, session_id)
+        self._begin()
+        if alloc.state in LIVE:
+            self._finish(alloc, Trigger.RELEASE, now, "released by owner")
+        return alloc, self._end(now)
+
+    def evict(self, allocation_id: str, now: float, reason: str) -> tuple[Allocation, list[Event]]:
+        """Take an installed allocation away (admin). With on_evict: wait it is requeued, but
+        not reinstalled by the same operation."""
+        alloc = self.allocation(allocation_id)
+        if alloc.state is not State.INSTALLED:
+            shown = "new" if alloc.state is None else alloc.state.value
+            raise InvalidTransition(
+                f"allocation {alloc.id} is {shown}, not installed; only installed ones are evicted",
+                state=shown,
+            )
+        self._begin()
+        self._evict_one(alloc, now, reason or "evicted by admin", admin=True)
+        return alloc, self._end(now)
+
+    def evict_matching(
+        self,
+        now: float,
+        reason: str,
+        *,
+        cpu: int | None = None,
+        tid: int | None = None,
+        below_priority: int | None = None,
+    ) -> tuple[list[str], list[Event]]:
+        """Evict every installed allocation on `cpu`, of task `tid`, below a priority (admin)."""
+        if cpu is not None:
+            self._check_cpu(cpu)
+        chosen = [
+            a
+            for a in self.allocations.values()
+            if a.state is State.INSTALLED
+            and (cpu is None or (a.watchpoint is not None and cpu in a.watchpoint.indices))
+            and (tid is None or (a.scope.kind is ScopeKind.TASK and a.scope.tid == tid))
+            and (below_priority is None or a.priority < below_priority)
+        ]
+        self._begin()
+        for alloc in chosen:
+            self._evict_one(alloc, now, reason or "evicted by admin", admin=True)
+        return [a.id for a in chosen], self._end(now)
+
+    def allocation(self, allocation_id: str) -> Allocation:
+        alloc = self.allocations.get(allocation_id) or self.history.get(allocation_id)
+        if alloc is None:
+            raise NotFound(f"no allocation {allocation_id!r} (or it left the bounded history)")
+        return alloc
+
+    def waiting(self) -> list[Allocation]:
+        """Waiting allocations in service order: priority, then first come first served."""
+        return [self.allocations[aid] for _, _, aid in self._waiting]
+
+    # ------------------------------------------------------------------ raw x86 ABI
+
+    def set_debugregs(
+        self,
+        session_id: str | None,
+        tid: int,
+        addresses: tuple[int, int, int, int],
+        dr7: int,
+        now: float,
+    ) -> list[Event]:
+        """Apply a ptrace-style write of DR0-DR3 and DR7 for task `tid` at ptrace priority,
+        all or nothing. Unchanged registers keep their allocations."""
+        if self.profile.name != "x86_64":
+            raise InvalidRequest("the raw DR0-DR7 ABI exists only on the x86_64 profile")
+        self._check_tid(tid)
+        session = None if session_id is None else self.session(session_id)
+        if session is not None and session.max_priority < Priority.PTRACE:
+            raise Forbidden(
+                "writing raw debug registers needs a session with max_priority ptrace (700) "
+                "or more; open the session with the admin key to get that grant"
+            )
+        slots = dr7_abi.decode(dr7, addresses)
+        raw = self.raw.get(tid)
+        if raw is not None and raw.session != session_id and session_id is not None:
+            raise Forbidden(f"task {tid}'s debug registers belong to another session")
+        old = dict(raw.allocations) if raw else {}
+        keep: dict[int, str] = {}
+        wanted: list[dr7_abi.RawSlot] = []
+        for slot in slots:
+            aid = old.get(slot.index)
+            current = self.allocations.get(aid) if aid else None
+            if current is not None and (current.address, current.length, current.access) == (
+                slot.address,
+                slot.length,
+                slot.access,
+            ):
+                keep[slot.index] = current.id
+            else:
+                wanted.append(slot)
+        dropped = [
+            self.allocations[aid]
+            for n, aid in old.items()
+            if n not in keep and aid in self.allocations
+        ]
+        key = self._budget_key(self.profile.data_pool, Space.USER)
+        budget = self.budgets[key]
+        exclude = [
+            a.watchpoint
+            for a in dropped
+            if a.watchpoint is not None and len(a.watchpoint.holders) == 1
+        ]
+        going = set(exclude)
+        weight = 0
+        for s in wanted:
+            share = self._share_key(key, tid, self.all_cpus, ((s.address, s.length),), s.access)
+            existing = self._shared.get(share)
+            if existing is None or existing in going:
+                weight += 1
+        plan = eviction.plan_task(budget, tid, self.all_cpus, weight, Priority.PTRACE, exclude)
+        if not plan.fits:
+            raise Refused(
+                f"the debug registers written for task {tid} do not fit at ptrace priority",
+                self._name(plan.blockers),
+            )
+        self._begin()
+        for alloc in dropped:
+            self._finish(alloc, Trigger.RELEASE, now, "replaced by a debug register write")
+        self._evict_all(plan.victims, now, f"evicted by a ptrace write for task {tid}")
+        if raw is None:
+            raw = self.raw[tid] = RawTask(tid, session_id)
+        raw.session, raw.addresses, raw.dr7, raw.allocations = session_id, addresses, dr7, keep
+        for slot in wanted:
+            request = Request(
+                Scope.task(tid),
+                slot.address,
+                slot.length,
+                slot.access,
+                int(Priority.PTRACE),
+                True,
+                OnEvict.WAIT,
+                False,
+                f"ptrace DR{slot.index}",
+            )
+            chunks = ((slot.address, slot.length),)
+            alloc = self._new_allocation(
+                session, request, self.profile.data_pool, Space.USER, chunks, now
+            )
+            share = self._share_key(key, tid, self.all_cpus, chunks, slot.access)
+            self._install(alloc, self.all_cpus, budget, Trigger.ADMIT, now, share)
+            raw.allocations[slot.index] = alloc.id
+        raw.allocations = dict(sorted(raw.allocations.items()))
+        return self._end(now)
+
+    def debugregs(self, tid: int) -> dict[str, Any]:
+        """DR0-DR3 and DR7 as last written, with the allocation behind each enabled register."""
+        raw = self.raw.get(tid) or RawTask(tid, None)
+        out: dict[str, Any] = {f"dr{n}": raw.addresses[n] for n in range(4)}
+        out["dr7"] = raw.dr7
+        out["tid"] = tid
+        out["session"] = raw.session
+        out["allocations"] = {f"dr{n}": aid for n, aid in raw.allocations.items()}
+        return out
+
+    # ------------------------------------------------------------------ simulated hits
+
+    def access(
+        self, cpu: int, tid: int | None, address: int, length: int, kind: str, now: float
+    ) -> tuple[list[str], list[Event]]:
+        """A simulated memory access on `cpu` by task `tid`: which installed watchpoints fire."""
+        self._check_cpu(cpu)
+        if kind not in HIT_ACCESSES:
+            raise InvalidRequest(f"access must be one of {', '.join(HIT_ACCESSES)}, got {kind!r}")
+        if length < 1:
+            raise InvalidRequest(f"length must be at least 1, got {length}")
+        end = address + length
+        hits: list[Allocation] = []
+        for budget in self.budgets.values():
+            for wp in budget.holders_on(cpu, tid):
+                for alloc in wp.holders:
+                    if _triggers(alloc.access, kind) and any(
+                        a < end and address < a + n for a, n in alloc.chunks
+                    ):
+                        hits.append(alloc)
+        hits.sort(key=lambda a: a.seq)
+        self._begin()
+        for alloc in hits:
+            self._emit(
+                "hit",
+                now,
+                alloc.session,
+                alloc,
+                {"cpu": cpu, "tid": tid, "address": address, "length": length, "access": kind},
+            )
+        return [a.id for a in hits], self._end(now)
+
+    # ------------------------------------------------------------------ views
+
+    def cpu_view(self, cpu: int) -> dict[str, Any]:
+        """One CPU's register files, index by index: CPU holders and every task's view."""
+        self._check_cpu(cpu)
+        pools: dict[str, Any] = {}
+        for key, budget in self.budgets.items():
+            cpu_regs: list[dict[str, Any] | None] = [None] * budget.slots
+            for wp in budget.cpu_wps[cpu]:
+                for index in wp.indices.get(cpu, ()):
+                    cpu_regs[index] = {"allocations": [a.id for a in wp.holders]}
+            tasks = {}
+            for tid in budget.tasks_above(cpu, 0):
+                tasks[str(tid)] = [
+                    {"index": i, "allocations": [a.id for a in wp.holders]}
+                    for wp in budget.task_wps[tid][cpu]
+                    for i in wp.indices.get(cpu, ())
+                ]
+            pools[key] = {
+                "slots": budget.slots,
+                "cpu_held": budget.cpu_held[cpu],
+                "max_task_held": budget.max_task(cpu),
+                "registers": cpu_regs,
+                "tasks": tasks,
+            }
+        return {"cpu": cpu, "pools": pools}
+
+    def task_view(self, tid: int) -> dict[str, Any]:
+        """A task's live allocations and the indices they hold."""
+        allocs = [
+            a.to_dict()
+            for a in self.allocations.values()
+            if a.scope.kind is ScopeKind.TASK and a.scope.tid == tid
+        ]
+        return {"tid": tid, "allocations": allocs}
+
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as plain data; `restore` rebuilds an identical arbiter from it."""
+        wps: dict[Watchpoint, None] = {}
+        for alloc in self.allocations.values():
+            if alloc.watchpoint is not None:
+                wps[alloc.watchpoint] = None
+        return {
+            "version": 1,
+            "profile": {"name": self.profile.name, "pools": dict(self.profile.pools)},
+            "ncpus": self.ncpus,
+            "mode_switching": self.mode_switching,
+            "history_limit": self.history_limit,
+            "counters": {
+                "event_id": self.event_id,
+                "generation": self.generation,
+                "seq": self._seq,
+                "allocation": self._next_allocation,
+                "session": self._next_session,
+            },
+            "sessions": [s.to_dict() for s in self.sessions.values()],
+            "allocations": [_alloc_state(a) for a in self.allocations.values()],
+            "history": [_alloc_state(a) for a in self.history.values()],
+            "watchpoints": [
+                {"seq": wp.seq, "holders": [a.id for a in wp.holders]}
+                for wp in sorted(wps, key=lambda w: w.seq)
+            ],
+            "raw": [r.to_dict() for r in self.raw.values()],
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> Arbiter:
+        """An arbiter in exactly the state `snapshot` captured: same next ids and events."""
+        profile = make_profile(data["profile"]["name"], data["profile"]["pools"])
+        arb = cls(
+            profile,
+            data["ncpus"],
+            mode_switching=data["mode_switching"],
+            history=data["history_limit"],
+        )
+        counters = data["counters"]
+        arb.event_id = counters["event_id"]
+        arb.generation = counters["generation"]
+        arb._seq = counters["seq"]
+        arb._next_allocation = counters["allocation"]
+        arb._next_session = counters["session"]
+        for s in data["sessions"]:
+            session = Session(
+                s["id"],
+                s["name"],
+                s["ttl_s"],
+                s["expires_at"],
+                s["created_at"],
+                s["max_priority"],
+                s["allow_non_evictable"],
+                s["allow_kernel"],
+                dict.fromkeys(s["allocations"]),
+            )
+            arb.sessions[session.id] = session
+            heapq.heappush(arb._expiry, (session.expires_at, session.id))
+        for item in data["allocations"]:
+            alloc = _alloc_from_state(item)
+            arb.allocations[alloc.id] = alloc
+            if alloc.state is State.WAITING:
+                insort(arb._waiting, (-alloc.priority, alloc.seq, alloc.id))
+        for item in data["history"]:
+            alloc = _alloc_from_state(item)
+            arb.history[alloc.id] = alloc
+        for w in data["watchpoints"]:
+            holders = [arb.allocations[aid] for aid in w["holders"]]
+            first = holders[0]
+            budget = arb.budgets[arb._budget_key(first.pool, first.space)]
+            cpus = arb._cpus_of(first.scope)
+            tid = first.scope.tid if first.scope.kind is ScopeKind.TASK else None
+            key = arb._share_key(budget.name, first.scope.tid, cpus, first.chunks, first.access)
+            wp = Watchpoint(
+                key, budget.name, tid, cpus, first.weight, first.space is Space.KERNEL, w["seq"]
+            )
+            wp.holders.extend(holders)
+            for alloc in holders:
+                alloc.watchpoint = wp
+            arb._shared[key] = wp
+            budget.add(wp)
+            registers.assign(budget, wp, lambda _wp: None)
+        for r in data["raw"]:
+            arb.raw[r["tid"]] = RawTask(
+                r["tid"],
+                r["session"],
+                tuple(r["addresses"]),
+                r["dr7"],
+                {int(n): a for n, a in r["allocations"].items()},
+            )
+        return arb
+
+    # ------------------------------------------------------------------ internals: validation
+
+    def _validate(
+        self, request: Request, session: Session | None
+    ) -> tuple[str, Space, tuple[Chunk, ...], tuple[int, ...]]:
+        scope = request.scope
+        if scope.kind is ScopeKind.TASK:
+            assert scope.tid is not None
+            self._check_tid(scope.tid)
+        if scope.cpus is not None:
+            if not scope.cpus:
+                raise InvalidRequest("scope.cpus is empty; name at least one CPU or use 'all'")
+            for cpu in scope.cpus:
+                self._check_cpu(cpu)
+        if not isinstance(request.access, Access):
+            raise InvalidRequest(f"unknown access {request.access!r}; use exec, write or rw")
+        pool = self.profile.pool_for(request.access)
+        space = self.profile.addresses.space_of(request.address, request.length)
+        chunks = self.profile.chunks(request.address, request.length, request.access)
+        slots = self.profile.pools[pool]
+        if len(chunks) > slots:
+            raise InvalidRequest(
+                f"0x{request.address:x}+{request.length} needs {len(chunks)} registers but the "
+                f"{pool} pool has {slots}; watch a shorter or better aligned range"
+            )
+        if session is not None:
+            if request.priority > session.max_priority:
+                raise Forbidden(
+                    f"priority {request.priority} is above this session's max_priority "
+                    f"{session.max_priority}; ask an admin to open the session with that grant"
+                )
+            if not request.evictable and not session.allow_non_evictable:
+                raise Forbidden(
+                    "evictable: false needs the allow_non_evictable grant, which only the admin "
+                    "key can give when the session opens"
+                )
+            if space is Space.KERNEL and not session.allow_kernel:
+                raise Forbidden(
+                    f"0x{request.address:x} is a kernel-space address; watching it needs the "
+                    "allow_kernel grant, which only the admin key can give"
+                )
+        return pool, space, chunks, self._cpus_of(scope)
+
+    def _check_cpu(self, cpu: int) -> None:
+        if not 0 <= cpu < self.ncpus:
+            raise InvalidRequest(f"CPU {cpu} does not exist; this host has CPUs 0-{self.ncpus - 1}")
+
+    def _check_tid(self, tid: int) -> None:
+        if not 0 < tid < 1 << 31:
+            raise InvalidRequest(f"tid must be a positive 32-bit thread id, got {tid}")
+
+    def _cpus_of(self, scope: Scope) -> tuple[int, ...]:
+        return self.all_cpus if scope.cpus is None else scope.cpus
+
+    def _budget_key(self, pool: str, space: Space) -> str:
+        return f"{pool}/{space.value}" if self.mode_switching else pool
+
+    @staticmethod
+    def _share_key(
+        budget: str,
+        tid: int | None,
+        cpus: tuple[int, ...],
+        chunks: tuple[Chunk, ...],
+        access: Access,
+    ) -> tuple[Any, ...]:
+        return (budget, tid, cpus, chunks, access)
+
+    def _check_owner(self, alloc: Allocation, session_id: str | None) -> None:
+        if session_id is not None and alloc.session != session_id:
+            raise Forbidden(
+                f"allocation {alloc.id} belongs to another session; only its owner "
+                "or an admin may release it"
+            )
+
+    # ------------------------------------------------------------------ internals: planning
+
+    def _plan(
+        self, budget: PoolBudget, tid: int | None, cpus: tuple[int, ...], weight: int, priority: int
+    ) -> eviction.Plan:
+        if budget.fits(tid, cpus, weight):
+            return eviction.FIT
+        if tid is None:
+            return eviction.plan_cpu(budget, cpus, weight, priority)
+        return eviction.plan_task(budget, tid, cpus, weight, priority)
+
+    def _name(self, blockers: Iterable[Watchpoint]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for wp in blockers:
+            for alloc in wp.holders:
+                out.append(
+                    {
+                        "allocation": alloc.id,
+                        "session": alloc.session,
+                        "priority": alloc.priority,
+                        "evictable": alloc.evictable,
+                        "scope": alloc.scope.to_dict(),
+                        "label": alloc.label,
+                    }
+                )
+                if len(out) >= MAX_BLOCKERS:
+                    return out
+        return out
+
+    def _refusal_detail(self, request: Request, blockers: list[Watchpoint]) -> str:
+        named = ", ".join(a.id for wp in blockers[:4] for a in wp.holders[:1])
+        why = f"held by {named}, which priority {request.priority} may not evict" if named else ""
+        return (
+            f"no room for 0x{request.address:x}+{request.length} at priority {request.priority}"
+            + (f": {why}" if why else "")
+            + "; retry later, ask with wait: true, or with a higher priority"
+        )
+
+    # ------------------------------------------------------------------ internals: mutation
+
+    def _begin(self) -> None:
+        self._events = []
+        self._baseline = {}
+        self._freed = set()
+        self._held_back = set()
+
+    def _end(self, now: float) -> list[Event]:
+        self._serve_waiters(now)
+        for wp, before in self._baseline.items():
+            if wp.holders and wp.indices != before:
+                previous = [
+                    {"cpu": c, "pool": wp.holders[0].pool, "index": i}
+                    for c, ix in before.items()
+                    for i in ix
+                ]
+                for alloc in wp.holders:
+                    self._emit("moved", now, alloc.session, alloc, {"previous": previous})
+        events = self._events
+        self._events = []
+        self._baseline = {}
+        return events
+
+    def _note_change(self, wp: Watchpoint) -> None:
+        if wp not in self._baseline:
+            self._baseline[wp] = dict(wp.indices)
+
+    def _emit(
+        self,
+        type_: str,
+        now: float,
+        session: str | None,
+        alloc: Allocation | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.event_id += 1
+        self._events.append(
+            Event(
+                self.event_id,
+                type_,
+                now,
+                session,
+                None if alloc is None else alloc.to_dict(),
+                data,
+            )
+        )
+
+    def _new_allocation(
+        self,
+        session: Session | None,
+        request: Request,
+        pool: str,
+        space: Space,
+        chunks: tuple[Chunk, ...],
+        now: float,
+    ) -> Allocation:
+        self._next_allocation += 1
+        self._seq += 1
+        alloc = Allocation(
+            f"a{self._next_allocation}",
+            None if session is None else session.id,
+            request,
+            pool,
+            space,
+            chunks,
+            self._seq,
+            now,
+        )
+        self.allocations[alloc.id] = alloc
+        if session is not None:
+            session.allocations[alloc.id] = None
+        return alloc
+
+    def _install(
+        self,
+        alloc: Allocation,
+        cpus: tuple[int, ...],
+        budget: PoolBudget,
+        trigger: Trigger,
+        now: float,
+        key: tuple[Any, ...],
+    ) -> None:
+        alloc.state = next_state(alloc.state, trigger)
+        self.generation += 1
+        alloc.generation = self.generation
+        alloc.updated_at = now
+        alloc.reason = None
+        wp = self._shared.get(key)
+        if wp is None:
+            self._seq += 1
+            tid = alloc.scope.tid if alloc.scope.kind is ScopeKind.TASK else None
+            wp = Watchpoint(
+                key, budget.name, tid, cpus, alloc.weight, alloc.space is Space.KERNEL, self._seq
+            )
+            self._shared[key] = wp
+            budget.add(wp)
+            wp.holders.append(alloc)
+            alloc.watchpoint = wp
+            registers.assign(budget, wp, self._note_change)
+        else:
+            wp.holders.append(alloc)
+            alloc.watchpoint = wp
+        self._emit(
+            "installed" if trigger is Trigger.ADMIT else "reinstalled", now, alloc.session, alloc
+        )
+        self._baseline[wp] = dict(wp.indices)  # what the event just announced
+
+    def _queue(self, alloc: Allocation, now: float, blockers: list[Watchpoint]) -> None:
+        alloc.state = next_state(alloc.state, Trigger.QUEUE)
+        alloc.updated_at = now
+        insort(self._waiting, (-alloc.priority, alloc.seq, alloc.id))
+        self._emit("waiting", now, alloc.session, alloc, {"blockers": self._name(blockers)})
+
+    def _detach(self, alloc: Allocation) -> None:
+        """Take an installed allocation off its watchpoint, freeing the registers if it was the
+        last holder."""
+        wp = alloc.watchpoint
+        assert wp is not None
+        alloc.watchpoint = None
+        wp.holders.remove(alloc)
+        if wp.holders:
+            return
+        budget = self.budgets[wp.pool]
+        del self._shared[wp.key]
+        budget.remove(wp)
+        self._baseline.pop(wp, None)
+        registers.assign(budget, wp, self._note_change)
+        wp.indices = {}
+        self._freed.add(budget.name)
+
+    def _finish(self, alloc: Allocation, trigger: Trigger, now: float, reason: str) -> None:
+        """Move a live allocation to a terminal state (released or expired)."""
+        state = alloc.state
+        alloc.state = next_state(state, trigger)
+        if state is State.INSTALLED:
+            self._detach(alloc)
+        else:
+            self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
+        alloc.updated_at = now
+        alloc.reason = reason
+        self._retire(alloc)
+        self._emit(alloc.state.value, now, alloc.session, alloc)
+
+    def _retire(self, alloc: Allocation) -> None:
+        del self.allocations[alloc.id]
+        if alloc.session is not None:
+            session = self.sessions.get(alloc.session)
+            if session is not None:
+                session.allocations.pop(alloc.id, None)
+        self.history[alloc.id] = alloc
+        while len(self.history) > self.history_limit:
+            self.history.popitem(last=False)
+
+    def _evict_all(self, victims: list[Watchpoint], now: float, reason: str) -> None:
+        for wp in victims:
+            for alloc in list(wp.holders):
+                self._evict_one(alloc, now, reason, admin=False)
+
+    def _evict_one(self, alloc: Allocation, now: float, reason: str, *, admin: bool) -> None:
+        requeue = alloc.on_evict is OnEvict.WAIT
+        alloc.state = next_state(alloc.state, Trigger.EVICT_TO_WAIT if requeue else Trigger.EVICT)
+        self._detach(alloc)
+        alloc.updated_at = now
+        alloc.reason = reason
+        if requeue:
+            insort(self._waiting, (-alloc.priority, alloc.seq, alloc.id))
+            if admin:
+                self._held_back.add(alloc.id)
+        else:
+            self._retire(alloc)
+        self._emit("evicted", now, alloc.session, alloc, {"reason": reason})
+
+    def _end_session(self, session: Session, now: float, trigger: Trigger, why: str) -> None:
+        for aid in list(session.allocations):
+            alloc = self.allocations.get(aid)
+            if alloc is not None and alloc.state in LIVE:
+                self._finish(alloc, trigger, now, f"session {why}")
+        del self.sessions[session.id]
+        for raw in [r for r in self.raw.values() if r.session == session.id]:
+            del self.raw[raw.tid]
+        self._emit("session_closed", now, session.id, data={"reason": why})
+
+    def _serve_waiters(self, now: float) -> None:
+        """Install waiting allocations that fit now, by priority then arrival; repeat while a
+        reinstallation (which may evict lower holders) frees room for an earlier one."""
+        while self._freed and self._waiting:
+            freed, self._freed = self._freed, set()
+            for _, _, aid in list(self._waiting):
+                alloc = self.allocations.get(aid)
+                if alloc is None or alloc.state is not State.WAITING or aid in self._held_back:
+                    continue
+                key = self._budget_key(alloc.pool, alloc.space)
+                if key not in freed:
+                    continue
+                budget = self.budgets[key]
+                cpus = self._cpus_of(alloc.scope)
+                share = self._share_key(key, alloc.scope.tid, cpus, alloc.chunks, alloc.access)
+                tid = alloc.scope.tid if alloc.scope.kind is ScopeKind.TASK else None
+                plan = (
+                    eviction.FIT
+                    if share in self._shared
+                    else self._plan(budget, tid, cpus, alloc.weight, alloc.priority)
+                )
+                if not plan.fits:
+                    continue
+                self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
+                self._evict_all(
+                    plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
+                )
+                self._install(alloc, cpus, budget, Trigger.REINSTALL, now, share)
+
+
+def _triggers(watched: Access, kind: str) -> bool:
+    if watched is Access.EXEC:
+        return kind == "exec"
+    if watched is Access.WRITE:
+        return kind == "write"
+    return kind in ("read", "write")
+
+
+def _alloc_state(alloc: Allocation) -> dict[str, Any]:
+    return {
+        "id": alloc.id,
+        "session": alloc.session,
+        "request": alloc.request().to_dict(),
+        "pool": alloc.pool,
+        "space": alloc.space.value,
+        "chunks": [list(c) for c in alloc.chunks],
+        "seq": alloc.seq,
+        "state": None if alloc.state is None else alloc.state.value,
+        "generation": alloc.generation,
+        "created_at": alloc.created_at,
+        "updated_at": alloc.updated_at,
+        "reason": alloc.reason,
+    }
+
+
+def _alloc_from_state(item: dict[str, Any]) -> Allocation:
+    alloc = Allocation(
+        item["id"],
+        item["session"],
+        Request.from_dict(item["request"]),
+        item["pool"],
+        Space(item["space"]),
+        tuple((a, n) for a, n in item["chunks"]),
+        item["seq"],
+        item["created_at"],
+    )
+    alloc.state = None if item["state"] is None else State(item["state"])
+    alloc.generation = item["generation"]
+    alloc.updated_at = item["updated_at"]
+    alloc.reason = item["reason"]
+    return alloc
+
+
+__all__ = ["TERMINAL", "Arbiter", "RawTask"]

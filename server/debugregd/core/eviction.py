@@ -1,0 +1,226 @@
+"""Choosing victims: the cheapest set of strictly-lower, evictable holders that makes room.
+
+Only the counts decide whether there is room (juggling indices is free and always comes first), so a
+plan is needed only when the admission inequality fails. Cheapest means fewest victims, then the
+lowest priorities, then the most recently installed (DESIGN section 4). Equal priority never
+evicts; a non-evictable holder is never a victim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from debugregd.core.admission import PoolBudget
+from debugregd.core.model import Watchpoint
+
+# Up to this many candidates the search over subsets is exhaustive (C(12, 6) = 924 subsets at
+# worst); beyond it a greedy cover, pruned of redundant victims, is used instead.
+EXACT_LIMIT = 12
+
+
+@dataclass(slots=True)
+class Plan:
+    """What admitting a request takes: nothing, some victims, or it cannot fit (blockers)."""
+
+    fits: bool
+    victims: list[Watchpoint] = field(default_factory=list)
+    blockers: list[Watchpoint] = field(default_factory=list)
+
+
+FIT = Plan(True)
+
+
+def may_evict(wp: Watchpoint, priority: int) -> bool:
+    """A holder can be taken only by a strictly higher priority, and only if every allocation
+    sharing it is evictable."""
+    return wp.evictable and wp.priority < priority
+
+
+def _preference(wp: Watchpoint) -> tuple[int, int]:
+    return (wp.priority, -wp.seq)
+
+
+def _cost(victims: Sequence[Watchpoint]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    return (
+        len(victims),
+        tuple(sorted((v.priority for v in victims), reverse=True)),
+        tuple(sorted(-v.seq for v in victims)),
+    )
+
+
+def _covers(victims: Iterable[Watchpoint], needs: dict[int, int]) -> bool:
+    for cpu, need in needs.items():
+        freed = 0
+        for v in victims:
+            if cpu in v.indices:
+                freed += v.weight
+        if freed < need:
+            return False
+    return True
+
+
+def _cheapest_cover(candidates: list[Watchpoint], needs: dict[int, int]) -> list[Watchpoint]:
+    """The cheapest subset of `candidates` freeing `needs[cpu]` registers on each CPU."""
+    ranked = sorted(candidates, key=_preference)
+    if len(ranked) <= EXACT_LIMIT:
+        for size in range(1, len(ranked) + 1):
+            best: tuple[Watchpoint, ...] | None = None
+            for combo in combinations(ranked, size):
+                if _covers(combo, needs) and (best is None or _cost(combo) < _cost(best)):
+                    best = combo
+            if best is not None:
+                return list(best)
+    chosen: list[Watchpoint] = []
+    remaining = dict(needs)
+    while remaining:
+        best_gain, pick = 0, None
+        for wp in ranked:
+            if wp in chosen:
+                continue
+            gain = sum(min(wp.weight, n) for c, n in remaining.items() if c in wp.indices)
+            if gain > best_gain:
+                best_gain, pick = gain, wp
+        assert pick is not None, "caller checked that all candidates together suffice"
+        chosen.append(pick)
+        for c in list(remaining):
+            if c in pick.indices:
+                remaining[c] -= pick.weight
+                if remaining[c] <= 0:
+                    del remaining[c]
+    for wp in sorted(chosen, key=_preference, reverse=True):
+        rest = [v for v in chosen if v is not wp]
+        if _covers(rest, needs):
+            chosen = rest
+    return chosen
+
+
+def plan_task(
+    budget: PoolBudget,
+    tid: int,
+    cpus: tuple[int, ...],
+    weight: int,
+    priority: int,
+    exclude: Collection[Watchpoint] = (),
+) -> Plan:
+    """Room for `weight` registers of task `tid` on `cpus`, as if `exclude` were gone."""
+    slots = budget.slots
+    needs: dict[int, int] = {}
+    for c in cpus:
+        used = budget.cpu_held[c] + budget.task_count(tid, c)
+        for wp in exclude:
+            if c in wp.indices and (wp.tid is None or wp.tid == tid):
+                used -= wp.weight
+        if used + weight > slots:
+            needs[c] = used + weight - slots
+    if not needs:
+        return FIT
+    candidates: dict[Watchpoint, None] = {}
+    blockers: dict[Watchpoint, None] = {}
+    for c in needs:
+        for wp in budget.holders_on(c, tid):
+            if wp in exclude:
+                continue
+            if may_evict(wp, priority):
+                candidates[wp] = None
+            else:
+                blockers[wp] = None
+    pool = list(candidates)
+    for c, need in needs.items():
+        if sum(wp.weight for wp in pool if c in wp.indices) < need:
+            in_the_way = [b for b in blockers if c in b.indices]
+            return Plan(False, blockers=in_the_way)
+    return Plan(True, victims=_cheapest_cover(pool, needs))
+
+
+def _take(wps: Iterable[Watchpoint], amount: int, priority: int) -> list[Watchpoint] | None:
+    """Fewest evictable watchpoints freeing `amount` registers (largest first), or None."""
+    chosen: list[Watchpoint] = []
+    eligible = sorted(
+        (wp for wp in wps if may_evict(wp, priority)),
+        key=lambda wp: (-wp.weight, wp.priority, -wp.seq),
+    )
+    for wp in eligible:
+        if amount <= 0:
+            break
+        chosen.append(wp)
+        amount -= wp.weight
+    return chosen if amount <= 0 else None
+
+
+def _plan_one_cpu(
+    budget: PoolBudget, cpu: int, weight: int, priority: int, taken: dict[Watchpoint, None]
+) -> Plan:
+    room = budget.slots - weight
+    cpu_wps = [wp for wp in budget.cpu_wps[cpu] if wp not in taken]
+    cpu_used = sum(wp.weight for wp in cpu_wps)
+
+    # Task counts on this CPU after the victims already chosen on other CPUs.
+    freed: dict[int, int] = {}
+    for wp in taken:
+        if wp.tid is not None and cpu in wp.indices:
+            freed[wp.tid] = freed.get(wp.tid, 0) + wp.weight
+
+    def count(tid: int) -> int:
+        return budget.task_count(tid, cpu) - freed.get(tid, 0)
+
+    top = 0
+    for k in range(budget.slots, 0, -1):
+        if any(t not in freed for t in budget.tasks_at[cpu][k]):
+            top = k
+            break
+    top = max([top, *(count(t) for t in freed)])
+    if cpu_used + top <= room:
+        return FIT
+    best: list[Watchpoint] | None = None
+    for level in range(min(top, room), -1, -1):
+        # Bring every task on this CPU down to `level`, and CPU holders to `room - level`.
+        victims = (
+            [] if cpu_used + level <= room else _take(cpu_wps, cpu_used + level - room, priority)
+        )
+        if victims is None:
+            continue  # a lower level leaves more room for CPU holders
+        trimmed: list[Watchpoint] | None = []
+        for tid in budget.tasks_above(cpu, level):
+            excess = count(tid) - level
+            if excess <= 0:
+                continue
+            own = [wp for wp in budget.task_wps[tid][cpu] if wp not in taken]
+            cut = _take(own, excess, priority)
+            if cut is None:
+                trimmed = None
+                break
+            assert trimmed is not None
+            trimmed.extend(cut)
+        if trimmed is None:
+            break  # this task cannot go lower, so no lower level works either
+        victims.extend(trimmed)
+        if best is None or _cost(victims) < _cost(best):
+            best = victims
+    if best is None:
+        blockers = [wp for wp in cpu_wps if not may_evict(wp, priority)]
+        for tid in budget.tasks_above(cpu, 0):
+            blockers.extend(wp for wp in budget.task_wps[tid][cpu] if not may_evict(wp, priority))
+            if len(blockers) >= 16:
+                break
+        return Plan(False, blockers=blockers)
+    return Plan(True, victims=best)
+
+
+def plan_cpu(budget: PoolBudget, cpus: tuple[int, ...], weight: int, priority: int) -> Plan:
+    """Room for `weight` CPU-held registers on every CPU of `cpus` (all or nothing).
+
+    Exact for one CPU; for a CPU set, CPUs are planned in order and a victim chosen for one CPU
+    also frees the others it covers.
+    """
+    if budget.cpu_fits(cpus, weight):
+        return FIT
+    taken: dict[Watchpoint, None] = {}
+    for cpu in cpus:
+        plan = _plan_one_cpu(budget, cpu, weight, priority, taken)
+        if not plan.fits:
+            return plan
+        for wp in plan.victims:
+            taken[wp] = None
+    return Plan(True, victims=list(taken))

@@ -1,0 +1,350 @@
+"""The records the arbiter keeps: scopes, requests, allocations, sessions, events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from debugregd.core.errors import InvalidRequest
+from debugregd.core.profiles import Access, Space
+from debugregd.core.states import State
+from debugregd.core.watch import Chunk
+
+
+class Priority(IntEnum):
+    """Named priority classes; any integer 0-1000 is a priority too."""
+
+    BACKGROUND = 100
+    NORMAL = 300
+    PTRACE = 700
+    CRITICAL = 900
+
+
+PRIORITY_MIN, PRIORITY_MAX = 0, 1000
+
+
+def parse_priority(value: int | str) -> int:
+    """A class name or an integer 0-1000 as an integer priority."""
+    if isinstance(value, str):
+        try:
+            return int(Priority[value.upper()])
+        except KeyError:
+            names = ", ".join(p.name.lower() for p in Priority)
+            raise InvalidRequest(
+                f"unknown priority class {value!r}; use one of {names} or an integer 0-1000"
+            ) from None
+    if isinstance(value, bool) or not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise InvalidRequest(f"priority must be 0-1000 or a class name, got {value!r}")
+    return int(value)
+
+
+def priority_class(value: int) -> str:
+    """The name of the highest class at or below `value` ("below-background" under 100)."""
+    name = "below-background"
+    for cls in Priority:
+        if value >= cls:
+            name = cls.name.lower()
+    return name
+
+
+class ScopeKind(StrEnum):
+    TASK = "task"
+    CPU = "cpu"
+    CPUS = "cpus"
+
+
+class OnEvict(StrEnum):
+    RELEASE = "release"
+    WAIT = "wait"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where an allocation applies: a task (optionally pinned to CPUs), one CPU, or a CPU set.
+
+    `cpus=None` means every CPU of the host.
+    """
+
+    kind: ScopeKind
+    tid: int | None = None
+    cpus: tuple[int, ...] | None = None
+
+    @classmethod
+    def task(cls, tid: int, cpus: tuple[int, ...] | None = None) -> Scope:
+        return cls(ScopeKind.TASK, tid, None if cpus is None else tuple(sorted(set(cpus))))
+
+    @classmethod
+    def cpu(cls, cpu: int) -> Scope:
+        return cls(ScopeKind.CPU, None, (cpu,))
+
+    @classmethod
+    def cpu_set(cls, cpus: tuple[int, ...] | None) -> Scope:
+        return cls(ScopeKind.CPUS, None, None if cpus is None else tuple(sorted(set(cpus))))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind is ScopeKind.TASK:
+            out: dict[str, Any] = {"kind": "task", "tid": self.tid}
+            if self.cpus is not None:
+                out["cpus"] = list(self.cpus)
+            return out
+        if self.kind is ScopeKind.CPU:
+            assert self.cpus is not None
+            return {"kind": "cpu", "cpu": self.cpus[0]}
+        return {"kind": "cpus", "cpus": "all" if self.cpus is None else list(self.cpus)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scope:
+        kind = data["kind"]
+        if kind == "task":
+            cpus = data.get("cpus")
+            return cls.task(int(data["tid"]), None if cpus is None else tuple(cpus))
+        if kind == "cpu":
+            return cls.cpu(int(data["cpu"]))
+        cpus = data["cpus"]
+        return cls.cpu_set(None if cpus == "all" else tuple(cpus))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a client asks for: a range to watch, where, at which priority."""
+
+    scope: Scope
+    address: int
+    length: int
+    access: Access
+    priority: int = Priority.NORMAL
+    evictable: bool = True
+    on_evict: OnEvict = OnEvict.RELEASE
+    wait: bool = False
+    label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope.to_dict(),
+            "address": self.address,
+            "length": self.length,
+            "access": self.access.value,
+            "priority": self.priority,
+            "evictable": self.evictable,
+            "on_evict": self.on_evict.value,
+            "wait": self.wait,
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Request:
+        return cls(
+            scope=Scope.from_dict(data["scope"]),
+            address=int(data["address"]),
+            length=int(data["length"]),
+            access=Access(data["access"]),
+            priority=parse_priority(data.get("priority", int(Priority.NORMAL))),
+            evictable=bool(data.get("evictable", True)),
+            on_evict=OnEvict(data.get("on_evict", "release")),
+            wait=bool(data.get("wait", False)),
+            label=str(data.get("label", "")),
+        )
+
+
+class Allocation:
+    """One client's claim on debug registers, from request to a terminal state."""
+
+    __slots__ = (
+        "access",
+        "address",
+        "chunks",
+        "created_at",
+        "evictable",
+        "generation",
+        "id",
+        "label",
+        "length",
+        "on_evict",
+        "pool",
+        "priority",
+        "reason",
+        "scope",
+        "seq",
+        "session",
+        "space",
+        "state",
+        "updated_at",
+        "wait",
+        "watchpoint",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        session: str | None,
+        request: Request,
+        pool: str,
+        space: Space,
+        chunks: tuple[Chunk, ...],
+        seq: int,
+        now: float,
+    ) -> None:
+        self.id = id
+        self.session = session
+        self.scope = request.scope
+        self.address = request.address
+        self.length = request.length
+        self.access = request.access
+        self.priority = request.priority
+        self.evictable = request.evictable
+        self.on_evict = request.on_evict
+        self.wait = request.wait
+        self.label = request.label
+        self.pool = pool
+        self.space = space
+        self.chunks = chunks
+        self.seq = seq  # arrival order: first come, first served among equal waiters
+        self.state: State | None = None
+        self.generation = 0
+        self.created_at = now
+        self.updated_at = now
+        self.reason: str | None = None
+        self.watchpoint: Watchpoint | None = None
+
+    @property
+    def weight(self) -> int:
+        """Registers this allocation needs on each CPU it occupies."""
+        return len(self.chunks)
+
+    def request(self) -> Request:
+        return Request(
+            self.scope,
+            self.address,
+            self.length,
+            self.access,
+            self.priority,
+            self.evictable,
+            self.on_evict,
+            self.wait,
+            self.label,
+        )
+
+    def registers(self) -> list[dict[str, Any]]:
+        """Concrete registers held: one entry per CPU and chunk, empty unless installed."""
+        wp = self.watchpoint
+        if wp is None:
+            return []
+        pool = self.pool
+        return [
+            {"cpu": cpu, "pool": pool, "index": index}
+            for cpu, indices in wp.indices.items()
+            for index in indices
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The allocation record of the API contract, addresses as integers."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "session": self.session,
+            "state": None if self.state is None else self.state.value,
+            "scope": self.scope.to_dict(),
+            "address": self.address,
+            "length": self.length,
+            "access": self.access.value,
+            "priority": self.priority,
+            "evictable": self.evictable,
+            "on_evict": self.on_evict.value,
+            "generation": self.generation,
+            "registers": self.registers(),
+            "space": self.space.value,
+            "label": self.label,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+class Watchpoint:
+    """The hardware side of one or more identical allocations: the registers they share.
+
+    Allocations of one scope watching the same range with the same access share a watchpoint
+    (reference counted by `holders`), so it is counted once by admission.
+    """
+
+    __slots__ = ("cpus", "holders", "indices", "kernel", "key", "pool", "seq", "tid", "weight")
+
+    def __init__(
+        self,
+        key: tuple[Any, ...],
+        pool: str,
+        tid: int | None,
+        cpus: tuple[int, ...],
+        weight: int,
+        kernel: bool,
+        seq: int,
+    ) -> None:
+        self.key = key
+        self.pool = pool  # the budget key: pool name, or pool and space with mode switching
+        self.tid = tid
+        self.cpus = cpus
+        self.weight = weight
+        self.kernel = kernel
+        self.seq = seq  # install order: index order and "most recently installed"
+        self.holders: list[Allocation] = []
+        self.indices: dict[int, tuple[int, ...]] = {}
+
+    @property
+    def priority(self) -> int:
+        return max(h.priority for h in self.holders)
+
+    @property
+    def evictable(self) -> bool:
+        return all(h.evictable for h in self.holders)
+
+
+@dataclass(slots=True)
+class Session:
+    """A client's lease: its allocations live as long as it is kept alive."""
+
+    id: str
+    name: str
+    ttl_s: float
+    expires_at: float
+    created_at: float
+    max_priority: int = int(Priority.NORMAL)
+    allow_non_evictable: bool = False
+    allow_kernel: bool = False
+    allocations: dict[str, None] = field(default_factory=dict)  # ordered set of live ids
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "ttl_s": self.ttl_s,
+            "expires_at": self.expires_at,
+            "created_at": self.created_at,
+            "max_priority": self.max_priority,
+            "allow_non_evictable": self.allow_non_evictable,
+            "allow_kernel": self.allow_kernel,
+            "allocations": list(self.allocations),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One state change, numbered host-wide. `allocation` is the record as it was then."""
+
+    id: int
+    type: str
+    at: float
+    session: str | None = None
+    allocation: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "type": self.type, "at": self.at}
+        if self.session is not None:
+            out["session"] = self.session
+        if self.allocation is not None:
+            out["allocation"] = self.allocation
+        if self.data:
+            out.update(self.data)
+        return out
