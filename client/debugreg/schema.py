@@ -1,0 +1,304 @@
+"""The wire schema of API v1 (DESIGN section 14), shared by the daemon and the clients.
+
+Addresses are accepted as integers or "0x..." strings and always returned as "0x..." strings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
+
+ADDRESS_MAX = (1 << 64) - 1
+PRIORITY_CLASSES = ("background", "normal", "ptrace", "critical")
+
+
+def _parse_address(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("an address is an integer or a '0x...' string, not a boolean")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().lower().replace("_", "")
+        try:
+            number = int(text, 16) if text.startswith("0x") else int(text, 10)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address; write it as 0x7ffd1000 or 2147422208")
+    else:
+        raise ValueError("an address is an integer or a '0x...' string")
+    if not 0 <= number <= ADDRESS_MAX:
+        raise ValueError(f"address {value!r} is outside 0..0xffffffffffffffff")
+    return number
+
+
+Address = Annotated[
+    int,
+    BeforeValidator(_parse_address),
+    PlainSerializer(lambda v: f"0x{v:x}", return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^(0[xX][0-9a-fA-F_]+|[0-9_]+)$"},
+                {"type": "integer", "minimum": 0, "maximum": ADDRESS_MAX},
+            ],
+            "description": "an address: an integer or a '0x...' hex string (returned as hex)",
+            "examples": ["0x7ffd1000"],
+        },
+        mode="validation",
+    ),
+    WithJsonSchema({"type": "string", "examples": ["0x7ffd1000"]}, mode="serialization"),
+]
+
+Cpu = Annotated[int, Field(ge=0, le=65535)]
+Tid = Annotated[int, Field(gt=0, lt=1 << 31, description="a thread id")]
+PriorityValue = Annotated[
+    int | Literal["background", "normal", "ptrace", "critical"],
+    Field(description="a class name or an integer 0-1000"),
+]
+Access = Literal["exec", "write", "rw"]
+State = Literal["installed", "waiting", "released", "evicted", "expired"]
+EventType = Literal[
+    "installed",
+    "waiting",
+    "evicted",
+    "moved",
+    "reinstalled",
+    "released",
+    "expired",
+    "hit",
+    "session_opened",
+    "session_closed",
+    "reset",
+]
+
+
+class Strict(BaseModel):
+    """Request bodies: unknown fields are an error, so a typo is not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskScope(Strict):
+    kind: Literal["task"]
+    tid: Tid
+    cpus: list[Cpu] | None = Field(
+        default=None, min_length=1, max_length=4096, description="CPU affinity; default all"
+    )
+
+
+class CpuScope(Strict):
+    kind: Literal["cpu"]
+    cpu: Cpu
+
+
+class CpusScope(Strict):
+    kind: Literal["cpus"]
+    cpus: list[Cpu] | Literal["all"] = Field(description="a CPU set, or 'all'")
+
+
+Scope = Annotated[TaskScope | CpuScope | CpusScope, Field(discriminator="kind")]
+
+
+class AllocationRequest(Strict):
+    """POST /v1/allocations."""
+
+    scope: Scope
+    address: Address
+    length: int = Field(ge=1, le=1 << 20)
+    access: Access
+    priority: PriorityValue = "normal"
+    evictable: bool = True
+    on_evict: Literal["release", "wait"] = "release"
+    wait: bool = False
+    label: str = Field(default="", max_length=200)
+
+    @classmethod
+    def build(cls, **fields: Any) -> AllocationRequest:
+        return cls.model_validate(fields)
+
+
+class Register(BaseModel):
+    cpu: int
+    pool: str
+    index: int
+
+
+class Blocker(BaseModel):
+    allocation: str
+    session: str | None
+    priority: int
+    evictable: bool
+    scope: dict[str, Any]
+    label: str = ""
+
+
+class Allocation(BaseModel):
+    """An allocation record. `address` is null when it is kernel space and the reader may not
+    see kernel addresses."""
+
+    id: str
+    session: str | None
+    state: State
+    scope: dict[str, Any]
+    address: Address | None
+    length: int
+    access: Access
+    priority: int
+    evictable: bool
+    on_evict: Literal["release", "wait"]
+    generation: int
+    registers: list[Register]
+    space: Literal["user", "kernel"]
+    label: str
+    created_at: float
+    updated_at: float
+    reason: str | None = None
+
+
+class AllocationList(BaseModel):
+    allocations: list[Allocation]
+
+
+class SessionRequest(Strict):
+    """POST /v1/sessions. Grants above the defaults need the admin key."""
+
+    name: str = Field(min_length=1, max_length=200)
+    ttl_s: float = Field(default=30, gt=0, le=86_400)
+    max_priority: PriorityValue | None = None
+    allow_non_evictable: bool | None = None
+    allow_kernel: bool | None = None
+
+
+class Session(BaseModel):
+    """A session as returned when it opens: `token` is shown this once."""
+
+    id: str
+    name: str
+    token: str | None = None
+    ttl_s: float
+    expires_at: float
+    max_priority: int
+    allow_non_evictable: bool
+    allow_kernel: bool
+
+
+class SessionInfo(BaseModel):
+    id: str
+    name: str
+    ttl_s: float
+    expires_at: float
+    created_at: float
+    max_priority: int
+    allow_non_evictable: bool
+    allow_kernel: bool
+    allocations: list[str]
+
+
+class Keepalive(BaseModel):
+    expires_at: float
+
+
+class EvictRequest(Strict):
+    reason: str = Field(default="evicted by admin", max_length=500)
+
+
+class BulkEvictRequest(Strict):
+    cpu: Cpu | None = None
+    tid: Tid | None = None
+    below_priority: PriorityValue | None = None
+    reason: str = Field(default="evicted by admin", max_length=500)
+
+
+class BulkEvictResult(BaseModel):
+    evicted: list[str]
+
+
+class Host(BaseModel):
+    profile: str
+    cpus: int
+    pools: dict[str, int]
+    mode_switching: bool
+    backend: str
+    version: str
+
+
+class DebugRegs(Strict):
+    """A task's DR0-DR3 and DR7 as a ptrace user writes them."""
+
+    dr0: Address = 0
+    dr1: Address = 0
+    dr2: Address = 0
+    dr3: Address = 0
+    dr7: int = Field(default=0, ge=0, lt=1 << 32)
+
+
+class DebugRegsState(BaseModel):
+    tid: int
+    dr0: Address
+    dr1: Address
+    dr2: Address
+    dr3: Address
+    dr7: int
+    session: str | None
+    allocations: dict[str, str]
+
+
+class SimAccess(Strict):
+    cpu: Cpu
+    tid: Tid | None = None
+    address: Address
+    length: int = Field(default=1, ge=1, le=1 << 20)
+    access: Literal["exec", "read", "write"]
+
+
+class SimAccessResult(BaseModel):
+    hits: list[str]
+
+
+class Event(BaseModel):
+    """One event as it travels in an SSE `data:` line."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    type: EventType
+    at: float
+    session: str | None = None
+    allocation: Allocation | None = None
+
+
+class Snapshot(BaseModel):
+    """GET /v1/state: everything, consistent with `event_id`."""
+
+    event_id: int
+    host: Host
+    sessions: list[SessionInfo]
+    allocations: list[Allocation]
+    waiting: list[str]
+    cpus: list[dict[str, Any]]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: what was wrong, and how to fix it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    blockers: list[Blocker] | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    event_id: int
+    journal: str
