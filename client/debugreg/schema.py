@@ -30,7 +30,9 @@ def _parse_address(value: Any) -> int:
         try:
             number = int(text, 16) if text.startswith("0x") else int(text, 10)
         except ValueError:
-            raise ValueError(f"{value!r} is not an address; write it as 0x7ffd1000 or 2147422208")
+            raise ValueError(
+                f"{value!r} is not an address; write it as 0x7ffd1000 or 2147422208"
+            ) from None
     else:
         raise ValueError("an address is an integer or a '0x...' string")
     if not 0 <= number <= ADDRESS_MAX:

@@ -405,6 +405,15 @@ class Arbiter:
             )
         return [a.id for a in hits], self._end(now)
 
+    def report_hit(self, allocation_id: str, now: float, data: dict[str, Any]) -> list[Event]:
+        """A hit a hardware backend observed on an installed allocation."""
+        alloc = self.allocation(allocation_id)
+        if alloc.state is not State.INSTALLED:
+            return []
+        self._begin()
+        self._emit("hit", now, alloc.session, alloc, data)
+        return self._end(now)
+
     # ------------------------------------------------------------------ views
 
     def cpu_view(self, cpu: int) -> dict[str, Any]:
