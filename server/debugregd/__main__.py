@@ -1,0 +1,128 @@
+"""`debugregd serve`: one process, one event loop, one uvicorn worker (the arbiter is a single
+writer); `debugregd openapi` prints the API document."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import sys
+from types import FrameType
+
+import uvicorn
+
+from debugregd.api.app import StartupError, create_app, lock_state_dir, openapi_document
+from debugregd.config import Settings, parse, settings_from
+
+log = logging.getLogger("debugregd")
+
+
+def admin_key_for(settings: Settings) -> tuple[str, bool]:
+    """The admin key: DEBUGREGD_ADMIN_KEY, else <state-dir>/admin.key (generated, mode 0600).
+    Returns the key and whether it was just generated."""
+    if settings.admin_key:
+        return settings.admin_key, False
+    path = settings.state_dir / "admin.key"
+    if path.exists():
+        return path.read_text().strip(), False
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key, True
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Server(uvicorn.Server):
+    """Ends every event stream as soon as shutdown starts, so SIGTERM is not held up by them."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: list[object]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        for callback in self.on_exit:
+            if callable(callback):
+                callback()
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    workers = os.environ.get("WEB_CONCURRENCY", "1")
+    if workers.strip() not in ("", "1"):
+        print(
+            f"debugregd: WEB_CONCURRENCY={workers}, but the arbiter is a single writer: it runs "
+            "as one process with one event loop and one worker. Unset WEB_CONCURRENCY.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        lock = lock_state_dir(settings.state_dir)
+    except StartupError as exc:
+        print(f"debugregd: {exc}", file=sys.stderr)
+        return 1
+    key, generated = admin_key_for(settings)
+    if not is_loopback(settings.host):
+        log.warning(
+            "LISTENING ON %s WITHOUT TLS: session tokens and the admin key cross the network in "
+            "clear text. Bind to 127.0.0.1, or put a TLS-terminating proxy in front.",
+            settings.host,
+        )
+    app = create_app(settings, key, lock)
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{shown}:{settings.port}"
+    print(f"debugregd: dashboard at {base}/", flush=True)
+    if generated or sys.stdout.isatty():
+        # A URL fragment never reaches the server, so the key stays out of access logs.
+        print(f"debugregd: sign in with {base}/#key={key}", flush=True)
+    if not settings.admin_key:
+        print(f"debugregd: admin key in {settings.state_dir / 'admin.key'}", flush=True)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+
+    def end_streams() -> None:
+        runtime = app.state.daemon.runtime
+        if runtime is not None:
+            runtime.hub.close()
+
+    server = Server(config, [end_streams])
+    try:
+        server.run()
+    except StartupError as exc:
+        print(f"debugregd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        lock.close()
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.command == "openapi":
+        sys.stdout.write(openapi_document())
+        return 0
+    return serve(settings_from(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Host-wide views and operator actions: host, CPUs, tasks, raw debug registers, state, sim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from debugreg import schema
+from debugregd import __version__, wire
+from debugregd.api.allocations import PROBLEMS
+from debugregd.api.context import AdminDep, Caller, Daemon, DaemonDep, SessionDep
+from debugregd.core import Forbidden, InvalidRequest, Priority
+
+router = APIRouter(prefix="/v1", tags=["host"])
+
+
+def host_info(d: Daemon) -> dict[str, Any]:
+    arb = d.arbiter
+    return {
+        "profile": arb.profile.name,
+        "cpus": arb.ncpus,
+        "pools": dict(arb.profile.pools),
+        "mode_switching": arb.mode_switching,
+        "backend": d.rt.backend.name,
+        "version": __version__,
+    }
+
+
+@router.get("/host", response_model=schema.Host, summary="The host's profile, CPUs and pools")
+async def host(d: DaemonDep) -> dict[str, Any]:
+    return host_info(d)
+
+
+@router.get(
+    "/cpus", summary="Every CPU's register files, index by index (admin)", responses=PROBLEMS
+)
+async def cpus(d: DaemonDep, who: AdminDep) -> list[dict[str, Any]]:
+    return [d.arbiter.cpu_view(c) for c in range(d.arbiter.ncpus)]
+
+
+@router.get("/cpus/{cpu}", summary="One CPU's register files (admin)", responses=PROBLEMS)
+async def cpu(cpu: int, d: DaemonDep, who: AdminDep) -> dict[str, Any]:
+    return d.arbiter.cpu_view(cpu)
+
+
+@router.get("/tasks/{tid}", summary="A task's allocations and indices (admin)", responses=PROBLEMS)
+async def task(tid: int, d: DaemonDep, who: AdminDep) -> dict[str, Any]:
+    view = d.arbiter.task_view(tid)
+    view["allocations"] = [wire.record(a) for a in view["allocations"]]
+    return view
+
+
+def _ptrace(who: Caller) -> None:
+    if not who.admin and (who.session is None or who.session.max_priority < Priority.PTRACE):
+        raise Forbidden(
+            "raw debug registers need a session with the ptrace grant (max_priority >= 700), "
+            "which the admin key gives when the session opens"
+        )
+
+
+def _raw(d: Daemon, tid: int) -> dict[str, Any]:
+    out = d.arbiter.debugregs(tid)
+    for n in range(4):
+        out[f"dr{n}"] = wire.hex_address(out[f"dr{n}"])
+    return out
+
+
+@router.get(
+    "/tasks/{tid}/debugregs",
+    response_model=schema.DebugRegsState,
+    responses=PROBLEMS,
+    summary="DR0-DR3 and DR7 as last written (ptrace grant or admin)",
+)
+async def get_debugregs(tid: int, d: DaemonDep, who: SessionDep) -> dict[str, Any]:
+    _ptrace(who)
+    if tid <= 0:
+        raise InvalidRequest(f"tid must be a positive thread id, got {tid}")
+    return _raw(d, tid)
+
+
+@router.put(
+    "/tasks/{tid}/debugregs",
+    response_model=schema.DebugRegsState,
+    responses=PROBLEMS,
+    summary="Write DR0-DR3 and DR7 as ptrace would, at ptrace priority, all or nothing",
+)
+async def put_debugregs(
+    tid: int, body: schema.DebugRegs, d: DaemonDep, who: SessionDep
+) -> dict[str, Any]:
+    _ptrace(who)
+    await d.rt.run(
+        {
+            "op": "set_debugregs",
+            "session": who.session_id,
+            "tid": tid,
+            "addresses": [body.dr0, body.dr1, body.dr2, body.dr3],
+            "dr7": body.dr7,
+        }
+    )
+    return _raw(d, tid)
+
+
+@router.get(
+    "/state",
+    response_model=schema.Snapshot,
+    responses=PROBLEMS,
+    summary="Everything, consistent with `event_id` (admin)",
+)
+async def state(d: DaemonDep, who: AdminDep) -> JSONResponse:
+    arb = d.arbiter
+    body = {
+        "event_id": arb.event_id,
+        "host": host_info(d),
+        "sessions": [s.to_dict() for s in arb.sessions.values()],
+        "allocations": [wire.record(a.to_dict()) for a in arb.allocations.values()],
+        "waiting": [a.id for a in arb.waiting()],
+        "cpus": [arb.cpu_view(c) for c in range(arb.ncpus)],
+    }
+    await d.rt.barrier()  # answer only with committed state
+    return JSONResponse(body)
+
+
+@router.get("/stats", summary="Monotonic counters for rate charts (admin)", responses=PROBLEMS)
+async def stats(d: DaemonDep, who: AdminDep) -> dict[str, int]:
+    s = d.rt.stats
+    return {
+        "allocations_total": s.allocations,
+        "evictions_total": s.evictions,
+        "refusals_total": s.refusals,
+        "event_id": d.arbiter.event_id,
+    }
+
+
+@router.post(
+    "/sim/accesses",
+    response_model=schema.SimAccessResult,
+    responses=PROBLEMS,
+    summary="Simulate a memory access; matching watchpoints report a hit (admin, sim backend)",
+)
+async def sim_access(body: schema.SimAccess, d: DaemonDep, who: AdminDep) -> dict[str, Any]:
+    if d.rt.backend.name != "sim":
+        raise InvalidRequest("simulated accesses exist only with --backend sim")
+    hits = await d.rt.run(
+        {
+            "op": "access",
+            "cpu": body.cpu,
+            "tid": body.tid,
+            "address": body.address,
+            "length": body.length,
+            "access": body.access,
+        }
+    )
+    return {"hits": hits}

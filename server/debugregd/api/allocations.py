@@ -1,0 +1,185 @@
+"""Allocations: request, list, read, release and evict debug registers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+
+from debugreg import schema
+from debugregd import wire
+from debugregd.api import idempotency
+from debugregd.api.context import AdminDep, Caller, DaemonDep, SessionDep
+from debugregd.core import Allocation, Forbidden, InvalidRequest, ScopeKind, parse_priority
+
+router = APIRouter(prefix="/v1", tags=["allocations"])
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schema.Problem, "content": {"application/problem+json": {}}}
+    for code in (400, 401, 403, 404, 409, 413, 422)
+}
+
+
+def render(alloc: Allocation, who: Caller) -> dict[str, Any]:
+    return wire.record(alloc.to_dict(), kernel_visible=who.sees_kernel())
+
+
+def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
+    """The journaled form of a request: plain data the core's `Request.from_dict` reads."""
+    return {
+        "scope": body.scope.model_dump(exclude_none=True),
+        "address": body.address,
+        "length": body.length,
+        "access": body.access,
+        "priority": parse_priority(body.priority),
+        "evictable": body.evictable,
+        "on_evict": body.on_evict,
+        "wait": body.wait,
+        "label": body.label,
+    }
+
+
+@router.post(
+    "/allocations",
+    status_code=201,
+    response_model=schema.Allocation,
+    responses=PROBLEMS,
+    summary="Request debug registers: 201 installed or waiting, 409 refused naming the blockers",
+)
+async def allocate(
+    body: schema.AllocationRequest,
+    d: DaemonDep,
+    who: SessionDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    if who.session is None:
+        raise InvalidRequest(
+            "allocations belong to a session: open one with POST /v1/sessions (the admin key "
+            "can grant it any priority) and use its token"
+        )
+    command = {"op": "allocate", "session": who.session_id, "request": core_request(body)}
+
+    def produce() -> tuple[int, dict[str, Any], asyncio.Future[None]]:
+        alloc, committed = d.rt.apply(command)
+        return 201, render(alloc, who), committed
+
+    return await idempotency.respond(d, who, "/v1/allocations", idempotency_key, produce)
+
+
+@router.get(
+    "/allocations",
+    response_model=schema.AllocationList,
+    responses=PROBLEMS,
+    summary="Allocations: a session sees its own, the admin all; live ones unless `state` is given",
+)
+async def list_allocations(
+    d: DaemonDep,
+    who: SessionDep,
+    state: Annotated[schema.State | None, Query()] = None,
+    session: Annotated[str | None, Query()] = None,
+    cpu: Annotated[int | None, Query(ge=0)] = None,
+    tid: Annotated[int | None, Query(gt=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> JSONResponse:
+    arb = d.arbiter
+    if not who.admin:
+        if session is not None and session != who.session_id:
+            raise Forbidden("a session token lists only its own allocations")
+        session = who.session_id
+    if session is not None:
+        s = arb.sessions.get(session)
+        ids = list(s.allocations) if s is not None else []
+        pool = [arb.allocations[i] for i in ids if i in arb.allocations]
+        pool += [a for a in arb.history.values() if a.session == session]
+    else:
+        pool = list(arb.allocations.values())
+        if state is not None and state not in ("installed", "waiting"):
+            pool = list(arb.history.values())
+    out = []
+    for alloc in pool:
+        if state is not None and (alloc.state is None or alloc.state.value != state):
+            continue
+        if (
+            state is None
+            and alloc.state is not None
+            and alloc.state.value not in ("installed", "waiting")
+        ):
+            continue
+        if cpu is not None and (alloc.watchpoint is None or cpu not in alloc.watchpoint.indices):
+            continue
+        if tid is not None and (alloc.scope.kind is not ScopeKind.TASK or alloc.scope.tid != tid):
+            continue
+        out.append(render(alloc, who))
+        if len(out) >= limit:
+            break
+    return JSONResponse({"allocations": out})
+
+
+def _visible(alloc: Allocation, who: Caller) -> None:
+    if not who.admin and alloc.session != who.session_id:
+        raise Forbidden(f"allocation {alloc.id} belongs to another session")
+
+
+@router.get(
+    "/allocations/{allocation_id}",
+    response_model=schema.Allocation,
+    responses=PROBLEMS,
+    summary="One allocation",
+)
+async def get_allocation(allocation_id: str, d: DaemonDep, who: SessionDep) -> JSONResponse:
+    alloc = d.arbiter.allocation(allocation_id)
+    _visible(alloc, who)
+    return JSONResponse(render(alloc, who))
+
+
+@router.delete(
+    "/allocations/{allocation_id}",
+    response_model=schema.Allocation,
+    responses=PROBLEMS,
+    summary="Release (owner or admin); idempotent",
+)
+async def release(allocation_id: str, d: DaemonDep, who: SessionDep) -> JSONResponse:
+    alloc = d.arbiter.allocation(allocation_id)
+    _visible(alloc, who)
+    if alloc.state is not None and alloc.state.value in ("installed", "waiting"):
+        alloc = await d.rt.run(
+            {"op": "release", "allocation": allocation_id, "session": who.session_id}
+        )
+    return JSONResponse(render(alloc, who))
+
+
+@router.post(
+    "/allocations/{allocation_id}/evict",
+    response_model=schema.Allocation,
+    responses=PROBLEMS,
+    summary="Evict one allocation (admin)",
+)
+async def evict(
+    allocation_id: str, body: schema.EvictRequest, d: DaemonDep, who: AdminDep
+) -> JSONResponse:
+    alloc = await d.rt.run({"op": "evict", "allocation": allocation_id, "reason": body.reason})
+    return JSONResponse(render(alloc, who))
+
+
+@router.post(
+    "/evictions",
+    response_model=schema.BulkEvictResult,
+    responses=PROBLEMS,
+    summary="Evict every installed allocation matching cpu, tid and below_priority (admin)",
+)
+async def evict_matching(
+    body: schema.BulkEvictRequest, d: DaemonDep, who: AdminDep
+) -> dict[str, Any]:
+    below = None if body.below_priority is None else parse_priority(body.below_priority)
+    evicted = await d.rt.run(
+        {
+            "op": "evict_matching",
+            "reason": body.reason,
+            "cpu": body.cpu,
+            "tid": body.tid,
+            "below_priority": below,
+        }
+    )
+    return {"evicted": evicted}

@@ -1,0 +1,163 @@
+"""The FastAPI application: routers, error mapping, and the lifespan that owns the runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from debugregd import __version__
+from debugregd.api import admin, allocations, dashboard, errors, events, monitoring, sessions
+from debugregd.api.context import Daemon
+from debugregd.backends.base import Backend
+from debugregd.config import Settings
+from debugregd.core import Arbiter, make_profile
+from debugregd.hub import EventHub
+from debugregd.metrics import Metrics
+from debugregd.runtime import Runtime
+from debugregd.store.journal import Journal
+
+log = logging.getLogger("debugregd")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start as configured; the message says why and what to do."""
+
+
+def make_backend(name: str) -> Backend:
+    if name == "perf":
+        from debugregd.backends.perf import PerfBackend
+
+        return PerfBackend()
+    from debugregd.backends.sim import SimBackend
+
+    return SimBackend()
+
+
+def host_config(settings: Settings) -> dict[str, object]:
+    """What the journal was written for; a restart with a different host is refused."""
+    profile = make_profile(settings.profile, settings.pools or None)
+    return {
+        "profile": profile.name,
+        "pools": dict(profile.pools),
+        "cpus": settings.cpus,
+        "mode_switching": settings.mode_switching,
+    }
+
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """One writer per state directory: a second daemon (or a second worker) refuses to start."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = (state_dir / "debugregd.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StartupError(
+            f"another debugregd process owns {state_dir}; the arbiter is a single writer, so run "
+            "one process with one worker per state directory"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
+    journal = Journal(settings.state_dir / "journal.sqlite3", synchronous=settings.synchronous)
+    wanted = host_config(settings)
+    stored = journal.meta("host")
+    if stored is None:
+        journal.set_meta("host", json.dumps(wanted, sort_keys=True))
+    elif json.loads(stored) != wanted:
+        journal.close()
+        raise StartupError(
+            f"the journal in {settings.state_dir} was written for host {stored}, but this start "
+            f"asks for {json.dumps(wanted, sort_keys=True)}; start with the same --profile, "
+            "--cpus, --pools and --mode-switching, or use a new --state-dir"
+        )
+
+    def fresh() -> Arbiter:
+        return Arbiter(
+            make_profile(settings.profile, settings.pools or None),
+            settings.cpus,
+            mode_switching=settings.mode_switching,
+            history=settings.history,
+        )
+
+    arbiter, replayed = Runtime.recover(journal, fresh)
+    log.info(
+        "recovered %d sessions, %d live allocations (%d commands replayed)",
+        len(arbiter.sessions),
+        len(arbiter.allocations),
+        replayed,
+    )
+    hub = EventHub(buffer=settings.sse_buffer)
+    runtime = Runtime(
+        arbiter,
+        journal,
+        hub,
+        make_backend(settings.backend),
+        retention=settings.retention,
+        metrics=metrics,
+    )
+    metrics.watch(lambda: runtime.arbiter, lambda: len(runtime.hub.subscribers))
+    return runtime
+
+
+def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) -> FastAPI:
+    """The daemon's ASGI app. Its lifespan opens the journal and owns the runtime; `lock` is the
+    state directory's lock when the caller already holds it."""
+    daemon = Daemon(settings, admin_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        held = lock or lock_state_dir(settings.state_dir)
+        metrics = Metrics()
+        runtime = open_runtime(settings, metrics)
+        daemon.runtime = runtime
+        # Fail-stop: a journal that cannot commit ends the process; a restart replays it.
+        runtime.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)
+        runtime.start()
+        metrics.up.set(1)
+        try:
+            yield
+        finally:
+            metrics.up.set(0)
+            await runtime.stop()
+            if lock is None:
+                held.close()
+
+    app = FastAPI(
+        title="debugregd",
+        version=__version__,
+        summary="Arbitration daemon for CPU hardware debug registers",
+        description=(
+            "Allocate, evict and release hardware debug registers with priorities; eviction "
+            "notices over server-sent events. Credentials: `Authorization: Bearer <admin key or "
+            "session token>`. Errors are RFC 9457 `application/problem+json`."
+        ),
+        lifespan=lifespan,
+        max_body_size=settings.max_body,
+    )
+    app.state.daemon = daemon
+    errors.install(app)
+    for module in (sessions, allocations, events, admin, monitoring, dashboard):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC, check_dir=False), name="static")
+    return app
+
+
+def openapi_document() -> str:
+    """openapi.json as committed: independent of this machine's CPU count or state."""
+    app = create_app(Settings(cpus=1), admin_key="unused")
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,109 @@
+"""What every route needs: the runtime, the settings and the caller's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from debugregd.api.errors import Problem, unauthorized
+from debugregd.config import Settings
+from debugregd.core import Arbiter, Session
+from debugregd.runtime import Runtime, token_digest
+
+COOKIE = "debugregd_admin"
+COOKIE_TTL_S = 12 * 3600
+
+
+@dataclass
+class Daemon:
+    """The objects one daemon process owns, hung on `app.state.daemon`."""
+
+    settings: Settings
+    admin_key: str
+    runtime: Runtime | None = None
+
+    @property
+    def rt(self) -> Runtime:
+        if self.runtime is None:
+            raise Problem(503, "starting", "Starting", "the daemon is still starting; retry")
+        return self.runtime
+
+    @property
+    def arbiter(self) -> Arbiter:
+        return self.rt.arbiter
+
+    def cookie_for(self, issued: int) -> str:
+        """A dashboard cookie: stateless, so it survives restarts while the key is unchanged."""
+        mac = hmac.new(self.admin_key.encode(), f"dashboard:{issued}".encode(), hashlib.sha256)
+        return f"{issued}.{mac.hexdigest()}"
+
+    def cookie_valid(self, value: str, now: float) -> bool:
+        issued_text, _, _ = value.partition(".")
+        if not issued_text.isdigit() or now - int(issued_text) > COOKIE_TTL_S:
+            return False
+        return hmac.compare_digest(value, self.cookie_for(int(issued_text)))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the admin, a session, or nobody in particular."""
+
+    admin: bool = False
+    session: Session | None = None
+
+    def sees_kernel(self) -> bool:
+        return self.admin or (self.session is not None and self.session.allow_kernel)
+
+    @property
+    def session_id(self) -> str | None:
+        return None if self.session is None else self.session.id
+
+
+def daemon(request: Request) -> Daemon:
+    d: Daemon = request.app.state.daemon
+    return d
+
+
+def caller(request: Request) -> Caller:
+    d = daemon(request)
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise unauthorized("use 'Authorization: Bearer <admin key or session token>'")
+        if hmac.compare_digest(token.encode(), d.admin_key.encode()):
+            return Caller(admin=True)
+        sid = d.rt.tokens.get(token_digest(token))
+        session = None if sid is None else d.arbiter.sessions.get(sid)
+        if session is None:
+            raise unauthorized(
+                "unknown token, or its session was closed or expired; open a new session"
+            )
+        return Caller(session=session)
+    cookie = request.cookies.get(COOKIE)
+    if cookie and d.cookie_valid(cookie, time.time()):
+        return Caller(admin=True)
+    return Caller()
+
+
+def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if not who.admin:
+        raise unauthorized("this needs the admin key: 'Authorization: Bearer <admin key>'")
+    return who
+
+
+def session(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if who.session is None and not who.admin:
+        raise unauthorized("this needs a session token: open one with POST /v1/sessions")
+    return who
+
+
+DaemonDep = Annotated[Daemon, Depends(daemon)]
+CallerDep = Annotated[Caller, Depends(caller)]
+AdminDep = Annotated[Caller, Depends(admin)]
+SessionDep = Annotated[Caller, Depends(session)]

@@ -1,0 +1,137 @@
+"""The one mapping from typed errors to RFC 9457 problem+json responses.
+
+Routes raise `CoreError`s (from the arbiter) or `Problem`s (for HTTP-only conditions such as a
+missing token); nothing else in the API layer knows about status codes of errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from debugregd.core import (
+    CoreError,
+    Forbidden,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    Refused,
+)
+
+log = logging.getLogger("debugregd.api")
+
+PROBLEM = "application/problem+json"
+STATUS: dict[type[CoreError], int] = {
+    InvalidRequest: 422,
+    NotFound: 404,
+    Forbidden: 403,
+    InvalidTransition: 409,
+    Refused: 409,
+}
+
+
+class Problem(Exception):
+    """An HTTP-level problem (authentication, idempotency conflicts, unavailable)."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.title, self.detail = status, kind, title, detail
+        self.headers = headers
+        self.extra = extra
+
+
+def problem(
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", "Unauthorized", detail, {"WWW-Authenticate": "Bearer"})
+
+
+def _describe(error: dict[str, Any]) -> dict[str, Any]:
+    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+    return {
+        "field": ".".join(loc) or "body",
+        "message": error.get("msg", ""),
+        "type": error["type"],
+    }
+
+
+async def _core(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CoreError)
+    status = STATUS.get(type(exc), 422)
+    return problem(status, exc.kind, exc.title, exc.detail, **exc.extra)
+
+
+async def _problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem(exc.status, exc.kind, exc.title, exc.detail, exc.headers, **exc.extra)
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_describe(e) for e in exc.errors()]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem(
+            400,
+            "malformed-json",
+            "Malformed JSON",
+            "the request body is not valid JSON",
+            errors=errors,
+        )
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return problem(
+        422, "invalid-request", "Invalid request", f"fix these fields: {summary}", errors=errors
+    )
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
+    hints = {
+        404: f"no route {request.url.path}; see /docs for the API",
+        413: "the request body is larger than the daemon accepts (--max-body)",
+    }
+    return problem(
+        exc.status_code,
+        titles.get(exc.status_code, "HTTP error").lower().replace(" ", "-"),
+        titles.get(exc.status_code, "HTTP error"),
+        hints.get(exc.status_code, detail),
+        dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return problem(500, "internal", "Internal error", "the daemon failed; see its log")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(CoreError, _core)
+    app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

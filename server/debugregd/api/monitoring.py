@@ -1,0 +1,25 @@
+"""Health and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from debugreg import schema
+from debugregd.api.context import DaemonDep
+
+router = APIRouter(tags=["monitoring"])
+
+
+@router.get("/healthz", response_model=schema.Health, summary="Liveness and readiness")
+async def healthz(d: DaemonDep) -> dict[str, Any]:
+    rt = d.rt
+    return {"status": "ok", "event_id": rt.arbiter.event_id, "journal": str(rt.journal.path)}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(d: DaemonDep) -> Response:
+    return Response(generate_latest(d.rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)

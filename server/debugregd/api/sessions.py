@@ -1,0 +1,121 @@
+"""Sessions: leases with a TTL, a secret token, and a stream of their own notices."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
+
+from debugreg import schema
+from debugregd.api import idempotency
+from debugregd.api.context import Caller, CallerDep, DaemonDep, SessionDep
+from debugregd.api.errors import Problem
+from debugregd.core import Forbidden, NotFound, Priority, parse_priority
+from debugregd.runtime import token_digest
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+def owned(who: Caller, session_id: str) -> None:
+    """Only the session itself (or the admin) may act on it."""
+    if not who.admin and who.session_id != session_id:
+        raise Forbidden(f"this token belongs to session {who.session_id}, not {session_id}")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=schema.Session,
+    responses={403: {"model": schema.Problem}, 422: {"model": schema.Problem}},
+    summary="Open a session (a lease); grants above the defaults need the admin key",
+)
+async def open_session(
+    body: schema.SessionRequest,
+    d: DaemonDep,
+    who: CallerDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    top = (
+        parse_priority(body.max_priority) if body.max_priority is not None else int(Priority.NORMAL)
+    )
+    wants = top > Priority.NORMAL or bool(body.allow_non_evictable) or bool(body.allow_kernel)
+    if wants and not who.admin:
+        raise Forbidden(
+            "max_priority above normal, allow_non_evictable and allow_kernel are grants that only "
+            "the admin key can give; send 'Authorization: Bearer <admin key>'"
+        )
+
+    def produce() -> tuple[int, dict[str, Any], asyncio.Future[None]]:
+        session, committed = d.rt.apply(
+            {
+                "op": "open_session",
+                "name": body.name,
+                "ttl_s": body.ttl_s,
+                "max_priority": top,
+                "allow_non_evictable": bool(body.allow_non_evictable),
+                "allow_kernel": bool(body.allow_kernel),
+            }
+        )
+        token = secrets.token_urlsafe(32)
+        d.rt.add_token(session.id, token_digest(token))
+        out = {
+            "id": session.id,
+            "name": session.name,
+            "token": token,
+            "ttl_s": session.ttl_s,
+            "expires_at": session.expires_at,
+            "max_priority": session.max_priority,
+            "allow_non_evictable": session.allow_non_evictable,
+            "allow_kernel": session.allow_kernel,
+        }
+        return 201, out, committed
+
+    return await idempotency.respond(d, who, "/v1/sessions", idempotency_key, produce)
+
+
+@router.get("", response_model=list[schema.SessionInfo], summary="Every open session (admin)")
+async def list_sessions(d: DaemonDep, who: SessionDep) -> list[dict[str, Any]]:
+    if not who.admin:
+        assert who.session is not None
+        return [who.session.to_dict()]
+    return [s.to_dict() for s in d.arbiter.sessions.values()]
+
+
+@router.get("/{session_id}", response_model=schema.SessionInfo, summary="One session")
+async def get_session(session_id: str, d: DaemonDep, who: SessionDep) -> dict[str, Any]:
+    owned(who, session_id)
+    return d.arbiter.session(session_id).to_dict()
+
+
+@router.post(
+    "/{session_id}/keepalive",
+    response_model=schema.Keepalive,
+    responses={404: {"model": schema.Problem}},
+    summary="Renew the lease for another TTL",
+)
+async def keepalive(session_id: str, d: DaemonDep, who: SessionDep) -> dict[str, float]:
+    owned(who, session_id)
+    session = await d.rt.run({"op": "keepalive", "session": session_id})
+    return {"expires_at": session.expires_at}
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    responses={404: {"model": schema.Problem}},
+    summary="Close the session and release everything it held",
+)
+async def close_session(session_id: str, d: DaemonDep, who: SessionDep) -> Response:
+    owned(who, session_id)
+    if session_id not in d.arbiter.sessions:
+        raise NotFound(f"no open session {session_id!r}; it was closed or expired")
+    await d.rt.run({"op": "close_session", "session": session_id})
+    return Response(status_code=204)
+
+
+def require_open(d: DaemonDep, session_id: str) -> None:
+    if session_id not in d.arbiter.sessions:
+        raise Problem(404, "not-found", "Not found", f"no open session {session_id!r}")

@@ -1,0 +1,160 @@
+"""Configuration: every setting is a `debugregd serve` flag and a DEBUGREGD_* environment variable.
+
+Flags win over the environment, which wins over the embedded defaults; `make run` uses the
+defaults alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/debugregd, or ~/.local/state/debugregd."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "debugregd"
+
+
+def parse_pools(text: str) -> dict[str, int]:
+    """'wrp=4,brp=6' -> {'wrp': 4, 'brp': 6}."""
+    pools: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"pool sizes look like 'dr=4' or 'brp=6,wrp=4', got {part!r}"
+            )
+        pools[name.strip()] = int(value)
+    return pools
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    """Everything `debugregd serve` can be told."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    state_dir: Path = field(default_factory=default_state_dir)
+    profile: str = "x86_64"
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    pools: dict[str, int] = field(default_factory=dict)
+    mode_switching: bool = False
+    backend: str = "sim"
+    retention: int = 100_000
+    history: int = 10_000
+    sse_buffer: int = 1024
+    heartbeat_s: float = 15.0
+    max_body: int = 65_536
+    synchronous: str = "NORMAL"
+    log_level: str = "info"
+    admin_key: str | None = None  # environment only: a flag would show in `ps`
+
+
+ENV = "DEBUGREGD_"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="debugregd",
+        description="Arbitration daemon for CPU hardware debug registers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon (one process, one event loop, one uvicorn worker)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "Run the daemon. Each flag also reads DEBUGREGD_<FLAG> from the environment "
+            "(e.g. DEBUGREGD_PORT); the admin key comes only from DEBUGREGD_ADMIN_KEY or, when "
+            "unset, from <state-dir>/admin.key (generated, mode 0600)."
+        ),
+    )
+
+    def option(flag: str, help: str, default: object, **kw: Any) -> None:
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        value = env(ENV + name)
+        if value is not None:
+            kind = kw.get("type")
+            default = kind(value) if callable(kind) else value
+        serve.add_argument(flag, default=default, help=help, **kw)
+
+    option("--host", "address to bind; keep loopback unless TLS terminates in front", d.host)
+    option("--port", "TCP port", d.port, type=int)
+    option("--state-dir", "journal, admin key and lock live here", d.state_dir, type=Path)
+    option("--profile", "hardware profile", d.profile, choices=["x86_64", "arm64", "ppc64"])
+    option("--cpus", "CPU count (the default is this machine's)", d.cpus, type=int)
+    option(
+        "--pools",
+        "pool sizes, e.g. 'dr=4' or 'brp=6,wrp=4'; empty means the profile's",
+        {},
+        type=parse_pools,
+    )
+    serve.add_argument(
+        "--mode-switching",
+        action=argparse.BooleanOptionalAction,
+        default=_truthy(env(ENV + "MODE_SWITCHING", "0")),
+        help="count kernel-space and user-space watchpoints in separate budgets",
+    )
+    option(
+        "--backend",
+        "sim keeps registers in memory; perf arms real hardware via perf_event_open",
+        d.backend,
+        choices=["sim", "perf"],
+    )
+    option("--retention", "events kept for stream resumption", d.retention, type=int)
+    option("--history", "terminal allocation records kept", d.history, type=int)
+    option(
+        "--sse-buffer",
+        "events queued per stream before a slow subscriber is cut off",
+        d.sse_buffer,
+        type=int,
+    )
+    option("--heartbeat", "seconds between SSE heartbeat comments", d.heartbeat_s, type=float)
+    option("--max-body", "largest request body in bytes", d.max_body, type=int)
+    option(
+        "--synchronous",
+        "SQLite synchronous: NORMAL survives a killed process, FULL also power loss",
+        d.synchronous,
+        choices=["NORMAL", "FULL"],
+    )
+    option("--log-level", "log level", d.log_level, choices=["debug", "info", "warning", "error"])
+    sub.add_parser("openapi", help="print the OpenAPI document (openapi.json)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from parsed `serve` arguments (and DEBUGREGD_ADMIN_KEY)."""
+    return Settings(
+        host=args.host,
+        port=args.port,
+        state_dir=args.state_dir,
+        profile=args.profile,
+        cpus=args.cpus,
+        pools=args.pools,
+        mode_switching=args.mode_switching,
+        backend=args.backend,
+        retention=args.retention,
+        history=args.history,
+        sse_buffer=args.sse_buffer,
+        heartbeat_s=args.heartbeat,
+        max_body=args.max_body,
+        synchronous=args.synchronous,
+        log_level=args.log_level,
+        admin_key=os.environ.get(ENV + "ADMIN_KEY") or None,
+    )
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)

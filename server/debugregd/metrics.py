@@ -1,0 +1,93 @@
+"""Prometheus metrics of one daemon (its own registry, so tests can run several apps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from debugregd.core import Arbiter, State
+
+LATENCY_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+)
+
+
+class _ArbiterCollector(Collector):
+    """Gauges read from the arbiter at scrape time, so they never drift from the truth."""
+
+    def __init__(self, arbiter: Callable[[], Arbiter], subscribers: Callable[[], int]) -> None:
+        self.arbiter = arbiter
+        self.subscribers = subscribers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        arb = self.arbiter()
+        by_state = GaugeMetricFamily(
+            "debugregd_allocations", "Live allocations by state", labels=["state"]
+        )
+        counts = {State.INSTALLED: 0, State.WAITING: 0}
+        for alloc in arb.allocations.values():
+            if alloc.state in counts:
+                counts[alloc.state] += 1
+        for state, n in counts.items():
+            by_state.add_metric([state.value], n)
+        yield by_state
+        yield GaugeMetricFamily("debugregd_sessions", "Open sessions", value=len(arb.sessions))
+        used = GaugeMetricFamily(
+            "debugregd_registers_used",
+            "Registers in use per CPU and pool while the fullest task runs",
+            labels=["cpu", "pool"],
+        )
+        for key, budget in arb.budgets.items():
+            for cpu in range(arb.ncpus):
+                used.add_metric([str(cpu), key], budget.used(cpu))
+        yield used
+        yield GaugeMetricFamily(
+            "debugregd_sse_subscribers", "Open event streams", value=self.subscribers()
+        )
+        yield GaugeMetricFamily("debugregd_last_event_id", "Last event id", value=arb.event_id)
+
+
+class Metrics:
+    """Counters and histograms the daemon updates as it works."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("debugregd_events", "Events by type", ["type"], registry=r)
+        self.evictions = Counter("debugregd_evictions", "Allocations evicted", registry=r)
+        self.refusals = Counter("debugregd_refusals", "Requests refused (409)", registry=r)
+        self.allocations = Counter("debugregd_allocations_installed", "Installations", registry=r)
+        self.decisions = Histogram(
+            "debugregd_decision_seconds",
+            "Time the arbiter takes to decide one command",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commits = Histogram(
+            "debugregd_journal_commit_seconds",
+            "Time of one group commit to the journal",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slow_disconnects = Counter(
+            "debugregd_sse_slow_disconnects", "Streams cut off for not keeping up", registry=r
+        )
+        self.up = Gauge("debugregd_up", "1 while the daemon serves", registry=r)
+
+    def watch(self, arbiter: Callable[[], Arbiter], subscribers: Callable[[], int]) -> None:
+        self.registry.register(_ArbiterCollector(arbiter, subscribers))

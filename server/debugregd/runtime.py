@@ -1,0 +1,281 @@
+"""The single writer: one event loop owns the arbiter, the journal and the event hub.
+
+Like Redis, the arbiter needs no locks because only this loop's thread touches it. A request runs
+its command synchronously (so no other request interleaves inside it), stages the command and its
+events for the journal, and waits for the group commit; only then is it answered and are its events
+published to streams and applied to the hardware backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from debugregd import wire
+from debugregd.backends.base import Backend
+from debugregd.commands import Command, execute
+from debugregd.core import Arbiter, CoreError, Event, Refused
+from debugregd.hub import EventHub
+from debugregd.metrics import Metrics
+from debugregd.store.journal import Batch, Journal, StoredEvent
+
+log = logging.getLogger("debugregd")
+
+SNAPSHOT_EVERY = 50_000  # commands between snapshots: bounds replay time at start
+PRUNE_EVERY = 1_000  # events between retention sweeps
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def token_digest(token: str) -> str:
+    """Tokens are stored and looked up only by their SHA-256: the journal holds no secret."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Stats:
+    """Monotonic counters for the dashboard's rate charts (Prometheus has its own)."""
+
+    allocations: int = 0
+    evictions: int = 0
+    refusals: int = 0
+
+
+class Runtime:
+    """Runs commands against the arbiter with group-committed journaling."""
+
+    def __init__(
+        self,
+        arbiter: Arbiter,
+        journal: Journal,
+        hub: EventHub,
+        backend: Backend,
+        *,
+        retention: int,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.arbiter = arbiter
+        self.journal = journal
+        self.hub = hub
+        self.backend = backend
+        self.retention = retention
+        self.clock = clock
+        self.tokens: dict[str, str] = journal.tokens()  # digest -> session id
+        self.idempotency: dict[str, tuple[int, str]] = journal.idempotent_responses()
+        self.stats = Stats()
+        self.metrics = metrics or Metrics()
+        self.failed: BaseException | None = None
+        self.on_fatal: Callable[[], None] | None = None  # how the daemon gets itself stopped
+        self._batch = Batch.empty()
+        self._staged: list[Event] = []  # the batch's events as the core made them, for the backend
+        self._pending: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        self._since_snapshot = 0
+        self._since_prune = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake_sweeper = asyncio.Event()
+        self.hub.published_id = arbiter.event_id
+
+    # -- start and stop
+
+    @classmethod
+    def recover(cls, journal: Journal, fresh: Callable[[], Arbiter]) -> tuple[Arbiter, int]:
+        """Rebuild the arbiter: the latest snapshot, then every command journaled after it."""
+        snap = journal.latest_snapshot()
+        if snap is None:
+            arbiter, after = fresh(), 0
+        else:
+            after, data = snap
+            arbiter = Arbiter.restore(data)
+        replayed = 0
+        for _, command in journal.commands_after(after):
+            execute(arbiter, command)
+            replayed += 1
+        return arbiter, replayed
+
+    def start(self) -> None:
+        """Give every lease a grace period and start the sweepers."""
+        self.stage({"op": "grace", "now": self.clock()})
+        self._tasks.append(asyncio.create_task(self._sweep_expiry(), name="expiry-sweeper"))
+        self._tasks.append(asyncio.create_task(self._poll_backend(), name="backend-poller"))
+
+    async def stop(self) -> None:
+        """Stop the sweepers, flush, snapshot, and close the journal cleanly."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.hub.close()
+        if self.failed is None:
+            self._flush()
+            self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
+        self.journal.close()
+        self.backend.close()
+
+    # -- running commands
+
+    def apply(self, command: Command) -> tuple[Any, asyncio.Future[None]]:
+        """Run a command now and stage it for the journal; await the future before answering.
+
+        Raises CoreError (nothing changed, nothing journaled) when the arbiter refuses.
+        """
+        if self.failed is not None:
+            raise RuntimeError("the journal failed; the daemon is shutting down")
+        now = self.clock()
+        command["now"] = now
+        self._expire(now)
+        started = time.perf_counter()
+        try:
+            result, events = execute(self.arbiter, command)
+        except Refused:
+            self.stats.refusals += 1
+            self.metrics.refusals.inc()
+            raise
+        finally:
+            self.metrics.decisions.observe(time.perf_counter() - started)
+        return result, self.stage(command, events)
+
+    async def run(self, command: Command) -> Any:
+        """`apply`, then wait for the commit."""
+        result, committed = self.apply(command)
+        await committed
+        return result
+
+    def stage(
+        self,
+        command: Command,
+        events: list[Event] | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue a command (already applied) and its events for the next group commit."""
+        batch = self._batch
+        batch.commands.append(wire.dumps(command))
+        for ev in events or ():
+            self._count(ev)
+            self._staged.append(ev)
+            data = wire.event(ev)
+            batch.events.append(StoredEvent(ev.id, ev.type, ev.session, wire.dumps(data)))
+            if ev.type == "session_closed" and ev.session is not None:
+                batch.revoked.append(ev.session)
+        return self._commit_soon()
+
+    def add_token(self, session_id: str, digest: str) -> None:
+        """A session's token digest; it commits with the command that opened the session."""
+        self._batch.tokens.append((session_id, digest))
+
+    def remember(self, key: str, status: int, body: str) -> None:
+        """Record an idempotent response; it commits with the command that produced it."""
+        self.idempotency[key] = (status, body)
+        self._batch.idempotency.append((key, status, body, self.clock()))
+
+    async def barrier(self) -> None:
+        """Wait until everything staged so far is committed."""
+        if self._batch:
+            await self._commit_soon()
+
+    def _commit_soon(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        """Commit the batch of this loop tick, then answer, publish and arm, in event order."""
+        self._flush_scheduled = False
+        batch, self._batch = self._batch, Batch.empty()
+        pending, self._pending = self._pending, []
+        staged, self._staged = self._staged, []
+        if batch:
+            started = time.perf_counter()
+            try:
+                self.journal.write(batch)
+            except Exception as exc:  # a journal that cannot commit must not keep serving
+                log.critical("journal commit failed, shutting down: %s", exc)
+                self.failed = exc
+                for future in pending:
+                    if not future.done():
+                        future.set_exception(RuntimeError("journal commit failed"))
+                if self.on_fatal is not None:
+                    self.on_fatal()
+                return
+            self.metrics.commits.observe(time.perf_counter() - started)
+            for token in batch.tokens:
+                self.tokens[token[1]] = token[0]
+            if batch.revoked:
+                revoked = set(batch.revoked)
+                self.tokens = {d: s for d, s in self.tokens.items() if s not in revoked}
+            self._since_snapshot += len(batch.commands)
+            self._since_prune += len(batch.events)
+        for future in pending:
+            if not future.done():
+                future.set_result(None)
+        if batch.events:
+            before = self.hub.disconnected_slow
+            self.hub.publish(batch.events)
+            self.metrics.slow_disconnects.inc(self.hub.disconnected_slow - before)
+            self._apply_backend(staged)
+        self._maintain()
+
+    def _maintain(self) -> None:
+        if self._since_prune >= PRUNE_EVERY:
+            self._since_prune = 0
+            self.journal.prune(self.retention, self.clock() - IDEMPOTENCY_TTL_S)
+        if self._since_snapshot >= SNAPSHOT_EVERY:
+            self._since_snapshot = 0
+            self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
+
+    def _count(self, ev: Event) -> None:
+        self.metrics.events.labels(ev.type).inc()
+        if ev.type == "installed":
+            self.stats.allocations += 1
+            self.metrics.allocations.inc()
+        elif ev.type == "evicted":
+            self.stats.evictions += 1
+            self.metrics.evictions.inc()
+
+    # -- time and hardware
+
+    def _expire(self, now: float) -> None:
+        """Leases that ran out are expired before anything else happens at `now`."""
+        due = self.arbiter.next_expiry()
+        if due is not None and due <= now:
+            command: Command = {"op": "tick", "now": now}
+            _, events = execute(self.arbiter, command)
+            self.stage(command, events)
+
+    async def _sweep_expiry(self) -> None:
+        while True:
+            due = self.arbiter.next_expiry()
+            delay = 1.0 if due is None else min(1.0, max(0.0, due - self.clock()))
+            await asyncio.sleep(delay)
+            if self.failed is None:
+                self._expire(self.clock())
+
+    def _apply_backend(self, events: list[Event]) -> None:
+        for failure in self.backend.apply(events):
+            asyncio.get_running_loop().create_task(
+                self._evict_failed(failure.allocation, failure.reason)
+            )
+
+    async def _evict_failed(self, allocation: str, reason: str) -> None:
+        with contextlib.suppress(CoreError):
+            await self.run({"op": "evict", "allocation": allocation, "reason": reason})
+
+    async def _poll_backend(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            if self.failed is not None:
+                continue
+            for hit in self.backend.poll_hits():
+                with contextlib.suppress(CoreError):
+                    await self.run(
+                        {"op": "report_hit", "allocation": hit.allocation, "data": hit.data}
+                    )

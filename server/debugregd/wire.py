@@ -1,0 +1,37 @@
+"""Records and events as they travel: addresses as "0x..." strings, kernel addresses redacted
+for readers who may not see them (they would defeat KASLR)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from debugregd.core import Event
+
+
+def hex_address(value: int) -> str:
+    return f"0x{value:x}"
+
+
+def record(alloc: dict[str, Any], *, kernel_visible: bool = True) -> dict[str, Any]:
+    """An allocation record for the wire."""
+    out = dict(alloc)
+    if out["space"] == "kernel" and not kernel_visible:
+        out["address"] = None
+    else:
+        out["address"] = hex_address(alloc["address"])
+    return out
+
+
+def event(ev: Event) -> dict[str, Any]:
+    """An event for the wire (streams and the journal store exactly this)."""
+    out = ev.to_dict()
+    if ev.allocation is not None:
+        out["allocation"] = record(ev.allocation)
+    if ev.type == "hit" and isinstance(out.get("address"), int):
+        out["address"] = hex_address(out["address"])
+    return out
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))

@@ -1,0 +1,33 @@
+"""Shared fixtures: a real daemon on loopback, started per test with its own state directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons with extra `debugregd serve` flags; all are stopped after the test."""
+    started: list[Daemon] = []
+
+    def make(*args: str, state_dir: Path | None = None) -> Daemon:
+        directory = state_dir or tmp_path / f"state{len(started)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        daemon = Daemon(directory, "--cpus", "2", *args)
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """One daemon: x86_64 profile, 2 CPUs, sim backend, admin key 'test-admin-key'."""
+    return make_daemon()

@@ -1,0 +1,100 @@
+"""A real debugregd process on a loopback port, for API, client, browser and end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """`debugregd serve` as a child process. The state directory outlives restarts."""
+
+    def __init__(self, state_dir: Path, *args: str, admin_key: str = "test-admin-key") -> None:
+        self.state_dir = state_dir
+        self.args = list(args)
+        self.admin_key = admin_key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "daemon.log"
+
+    def start(self) -> Daemon:
+        env = dict(os.environ, DEBUGREGD_ADMIN_KEY=self.admin_key)
+        cmd = [
+            sys.executable,
+            "-m",
+            "debugregd",
+            "serve",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+            *self.args,
+        ]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Poll /healthz until the daemon answers (or fail with its log)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"debugregd exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling a readiness condition, bounded by the deadline
+        raise RuntimeError(f"debugregd did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM and wait: a graceful shutdown."""
+        return self._signal(signal.SIGTERM)
+
+    def kill(self) -> int:
+        """SIGKILL: the daemon gets no chance to clean up."""
+        return self._signal(signal.SIGKILL)
+
+    def restart(self, *, kill: bool = True) -> Daemon:
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return self.start()
+
+    def _signal(self, sig: signal.Signals) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        return code
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10
+        )
+
+    def anon(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10)
