@@ -188,15 +188,12 @@ class Arbiter:
         """
         session = None if session_id is None else self.session(session_id)
         pool, space, chunks, cpus = self._validate(request, session)
-        budget = self.budgets[self._budget_key(pool, space)]
-        key = self._share_key(budget.name, request.scope.tid, cpus, chunks, request.access)
-        shared = self._shared.get(key)
-        tid = request.scope.tid if request.scope.kind is ScopeKind.TASK else None
-        plan = (
-            eviction.FIT
-            if shared is not None
-            else self._plan(budget, tid, cpus, len(chunks), request.priority)
-        )
+        budget = self.budgets[pool if not self.mode_switching else f"{pool}/{space.value}"]
+        tid = request.scope.tid
+        key = (budget.name, tid, cpus, chunks, request.access)
+        plan = eviction.FIT
+        if key not in self._shared and not budget.fits(tid, cpus, len(chunks)):
+            plan = self._plan(budget, tid, cpus, len(chunks), request.priority)
         if not plan.fits and not request.wait:
             raise Refused(self._refusal_detail(request, plan.blockers), self._name(plan.blockers))
         alloc = self._new_allocation(session, request, pool, space, chunks, now)
@@ -551,9 +548,9 @@ class Arbiter:
         self, request: Request, session: Session | None
     ) -> tuple[str, Space, tuple[Chunk, ...], tuple[int, ...]]:
         scope = request.scope
-        if scope.kind is ScopeKind.TASK:
-            assert scope.tid is not None
-            self._check_tid(scope.tid)
+        tid = scope.tid
+        if tid is not None and not 0 < tid < 1 << 31:
+            self._check_tid(tid)
         if scope.cpus is not None:
             if not scope.cpus:
                 raise InvalidRequest("scope.cpus is empty; name at least one CPU or use 'all'")
@@ -666,7 +663,8 @@ class Arbiter:
         self._held_back = set()
 
     def _end(self, now: float) -> list[Event]:
-        self._serve_waiters(now)
+        if self._freed and self._waiting:
+            self._serve_waiters(now)
         for wp, before in self._baseline.items():
             if wp.holders and wp.indices != before:
                 previous = [
@@ -694,16 +692,10 @@ class Arbiter:
         data: dict[str, Any] | None = None,
     ) -> None:
         self.event_id += 1
-        self._events.append(
-            Event(
-                self.event_id,
-                type_,
-                now,
-                session,
-                None if alloc is None else alloc.to_dict(),
-                data,
-            )
-        )
+        if alloc is None:
+            self._events.append(Event(self.event_id, type_, now, session, None, data))
+        else:
+            self._events.append(Event.about(self.event_id, type_, now, alloc, data))
 
     def _new_allocation(
         self,

@@ -228,38 +228,59 @@ class Allocation:
     def registers(self) -> list[dict[str, Any]]:
         """Concrete registers held: one entry per CPU and chunk, empty unless installed."""
         wp = self.watchpoint
-        if wp is None:
-            return []
-        pool = self.pool
-        return [
-            {"cpu": cpu, "pool": pool, "index": index}
-            for cpu, indices in wp.indices.items()
-            for index in indices
-        ]
+        return [] if wp is None else _registers(self.pool, wp.indices)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The allocation record of the API contract, addresses as integers."""
+    def view(self) -> AllocationView:
+        """What may change about this allocation, captured now (cheap: events keep this and
+        build the full record only when someone reads it)."""
+        wp = self.watchpoint
+        return (
+            self.state,
+            self.generation,
+            None if wp is None else dict(wp.indices),
+            self.updated_at,
+            self.reason,
+        )
+
+    def to_dict(self, view: AllocationView | None = None) -> dict[str, Any]:
+        """The allocation record of the API contract (addresses as integers), as it is now or
+        as it was when `view` was captured."""
+        state, generation, indices, updated_at, reason = view or self.view()
+        # StrEnum members are str: they compare and serialize as their values.
         out: dict[str, Any] = {
             "id": self.id,
             "session": self.session,
-            "state": None if self.state is None else self.state.value,
+            "state": state,
             "scope": self.scope.to_dict(),
             "address": self.address,
             "length": self.length,
-            "access": self.access.value,
+            "access": self.access,
             "priority": self.priority,
             "evictable": self.evictable,
-            "on_evict": self.on_evict.value,
-            "generation": self.generation,
-            "registers": self.registers(),
-            "space": self.space.value,
+            "on_evict": self.on_evict,
+            "generation": generation,
+            "registers": [] if indices is None else _registers(self.pool, indices),
+            "space": self.space,
             "label": self.label,
             "created_at": self.created_at,
-            "updated_at": self.updated_at,
+            "updated_at": updated_at,
         }
-        if self.reason is not None:
-            out["reason"] = self.reason
+        if reason is not None:
+            out["reason"] = reason
         return out
+
+
+AllocationView = tuple[
+    "State | None", int, "dict[int, tuple[int, ...]] | None", float, "str | None"
+]
+
+
+def _registers(pool: str, indices: dict[int, tuple[int, ...]]) -> list[dict[str, Any]]:
+    return [
+        {"cpu": cpu, "pool": pool, "index": index}
+        for cpu, held in indices.items()
+        for index in held
+    ]
 
 
 class Watchpoint:
@@ -328,23 +349,66 @@ class Session:
         }
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
     """One state change, numbered host-wide. `allocation` is the record as it was then."""
 
-    id: int
-    type: str
-    at: float
-    session: str | None = None
-    allocation: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
+    __slots__ = ("_record", "_source", "_view", "at", "data", "id", "session", "type")
+
+    def __init__(
+        self,
+        id: int,
+        type: str,
+        at: float,
+        session: str | None = None,
+        allocation: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.at = at
+        self.session = session
+        self.data = data
+        self._record = allocation
+        self._source: Allocation | None = None
+        self._view: AllocationView | None = None
+
+    @classmethod
+    def about(
+        cls,
+        id: int,
+        type: str,
+        at: float,
+        alloc: Allocation,
+        data: dict[str, Any] | None = None,
+    ) -> Event:
+        """An event on `alloc`, capturing what may change so the record can be built later."""
+        event = cls(id, type, at, alloc.session, None, data)
+        event._source = alloc
+        event._view = alloc.view()
+        return event
+
+    @property
+    def allocation(self) -> dict[str, Any] | None:
+        if self._record is None and self._source is not None:
+            self._record = self._source.to_dict(self._view)
+        return self._record
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "type": self.type, "at": self.at}
         if self.session is not None:
             out["session"] = self.session
-        if self.allocation is not None:
-            out["allocation"] = self.allocation
+        allocation = self.allocation
+        if allocation is not None:
+            out["allocation"] = allocation
         if self.data:
             out.update(self.data)
         return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.type))
+
+    def __repr__(self) -> str:
+        return f"Event({self.to_dict()!r})"

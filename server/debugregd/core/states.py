@@ -69,3 +69,14 @@ def next_state(state: State | None, trigger: Trigger) -> State:
         raise InvalidTransition(
             f"an allocation that is {shown} does not allow {trigger.value!r}", state=shown
         ) from None
+
+
+def mermaid() -> str:
+    """The state diagram, drawn from TRANSITIONS (the README embeds exactly this)."""
+    lines = ["stateDiagram-v2"]
+    for (state, trigger), target in TRANSITIONS.items():
+        source = "[*]" if state is None else state.value
+        lines.append(f"    {source} --> {target.value}: {trigger.value} ({EVENT_OF[trigger]})")
+    for state in sorted(TERMINAL):
+        lines.append(f"    {state.value} --> [*]")
+    return "\n".join(lines)
