@@ -65,7 +65,9 @@ async def allocate(
         alloc, committed = d.rt.apply(command)
         return 201, render(alloc, who), committed
 
-    return await idempotency.respond(d, who, "/v1/allocations", idempotency_key, produce)
+    return await idempotency.respond(
+        d, who, "/v1/allocations", idempotency_key, idempotency.fingerprint(body), produce
+    )
 
 
 @router.get(
@@ -114,7 +116,9 @@ async def list_allocations(
         out.append(render(alloc, who))
         if len(out) >= limit:
             break
-    return JSONResponse({"allocations": out})
+    event_id = arb.event_id
+    await d.rt.barrier()  # answer only with committed state
+    return JSONResponse({"allocations": out, "event_id": event_id})
 
 
 def _visible(alloc: Allocation, who: Caller) -> None:

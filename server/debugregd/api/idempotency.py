@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from debugregd.api.context import Caller, Daemon
 from debugregd.api.errors import Problem
 
 Produce = Callable[[], tuple[int, dict[str, Any], asyncio.Future[None]]]
+
+
+def fingerprint(body: BaseModel) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
 def _scope(who: Caller, path: str, key: str) -> str:
@@ -21,9 +27,13 @@ def _scope(who: Caller, path: str, key: str) -> str:
 
 
 async def respond(
-    d: Daemon, who: Caller, path: str, key: str | None, produce: Produce
+    d: Daemon, who: Caller, path: str, key: str | None, print_: str, produce: Produce
 ) -> JSONResponse:
-    """Run `produce` once per key; its status and body are journaled with the change itself."""
+    """Run `produce` once per key; its status and body are journaled with the change itself.
+
+    `print_` fingerprints the request body: a key reused with a different body is a 422, so a key
+    can never hand one request's answer (a session token, say) to a different request.
+    """
     if key is None:
         status, body, committed = produce()
         await committed
@@ -36,11 +46,21 @@ async def respond(
     rt = d.rt
     stored = rt.idempotency.get(scoped)
     if stored is not None:
+        first = json.loads(stored[1])
+        if first["fingerprint"] != print_:
+            raise Problem(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was already used with a different request body; use a new "
+                "key for a new request",
+            )
         await rt.barrier()  # the first request's change may still be committing
         return JSONResponse(
-            json.loads(stored[1]), status_code=stored[0], headers={"Idempotent-Replayed": "true"}
+            first["response"], status_code=stored[0], headers={"Idempotent-Replayed": "true"}
         )
     status, body, committed = produce()
-    rt.remember(scoped, status, json.dumps(body, separators=(",", ":")))
+    record = {"fingerprint": print_, "response": body}
+    rt.remember(scoped, status, json.dumps(record, separators=(",", ":")))
     await committed
     return JSONResponse(body, status_code=status)

@@ -1,0 +1,1156 @@
+// debugregd dashboard: who holds which debug register on which CPU, live.
+//
+// Data flow (DESIGN section 10): on every (re)connect, read /v1/state, then open the admin event
+// stream with ?since=<its event_id>; apply events whose id is newer than what the state already
+// reflects. A `reset` event, or a lease that should have expired but did not (keepalives send no
+// event), makes the page re-read /v1/state while it buffers the stream. Losing the stream shows
+// "disconnected" and reconnects with backoff. Sign-in exchanges the admin key for an HttpOnly
+// cookie; a `#key=` sign-in link is read once and erased from the address bar and history.
+
+import { drawRate, RateSeries } from "./charts.js";
+import {
+  EVENT_TYPES,
+  fmtAddress,
+  fmtRange,
+  fmtScope,
+  indexName,
+  Model,
+  priorityClass,
+} from "./model.js";
+
+const RECONNECT_DELAYS_MS = [300, 1000, 2000, 3000, 5000];
+const STATS_EVERY_MS = 2000;
+const FEED_KEEP = 2000; // events kept in memory
+const FEED_SHOW = 300; // rows drawn
+const FEED_BACKFILL = 100; // events of history shown on first load
+const CELL_TASKS_SHOWN = 3;
+const LIST_LIMIT = 200;
+
+// ---------------------------------------------------------------- tiny DOM helpers
+
+const $ = (id) => document.getElementById(id);
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs ?? {})) {
+    if (v == null || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (k === "style") el.style.cssText = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function fmtClock(unix) {
+  const d = new Date(unix * 1000);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+function fmtDuration(s) {
+  if (s == null || !Number.isFinite(s)) return "–";
+  const neg = s < 0;
+  s = Math.abs(s);
+  let out;
+  if (s < 60) out = `${s.toFixed(1)} s`;
+  else if (s < 3600) out = `${Math.floor(s / 60)} m ${String(Math.floor(s % 60)).padStart(2, "0")} s`;
+  else out = `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} m`;
+  return neg ? `-${out}` : out;
+}
+
+function fmtRate(v) {
+  if (v == null) return "–";
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+}
+
+// ---------------------------------------------------------------- HTTP
+
+class HttpError extends Error {
+  constructor(status, problem) {
+    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+let serverOffset = 0; // server clock minus local clock, seconds (only when clearly skewed)
+
+function noteServerDate(res) {
+  const date = res.headers.get("Date");
+  if (!date) return;
+  const skew = Date.parse(date) / 1000 - Date.now() / 1000;
+  serverOffset = Math.abs(skew) > 2 ? skew : 0;
+}
+
+const serverNow = () => Date.now() / 1000 + serverOffset;
+
+async function api(method, path, body) {
+  const init = { method, credentials: "same-origin", cache: "no-store", headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(path, init);
+  if (!res.ok) {
+    let problem = null;
+    try {
+      problem = await res.json();
+    } catch {
+      problem = null;
+    }
+    throw new HttpError(res.status, problem);
+  }
+  if (path === "/v1/state") noteServerDate(res);
+  if (res.status === 204) return null;
+  const text = await res.text();
+  return text ? JSON.parse(text) : null;
+}
+
+const isAuthError = (e) => e instanceof HttpError && (e.status === 401 || e.status === 403);
+
+// ---------------------------------------------------------------- app state
+
+const model = new Model();
+const rates = new RateSeries(["allocations_total", "evictions_total", "refusals_total"]);
+
+const ui = {
+  signedIn: false,
+  selected: null, // allocation id shown in the details drawer
+  feed: [], // {key, ev, text, search, local}
+  feedSeq: 0,
+  lastFeedId: 0, // highest server event id put in the feed
+  feedFilter: { text: "", hidden: new Set() },
+  feedDrawn: { key: null, upTo: -1 },
+  gridShape: null,
+  renderQueued: false,
+  evictArmed: null,
+  blockers: new Map(), // allocation id -> ids blocking it, from its latest `waiting` event
+};
+
+const conn = {
+  gen: 0, // bumps on every (re)connect and sign-out: stale callbacks check it and stop
+  es: null,
+  attempt: 0,
+  timer: null,
+  state: "idle",
+  since: null,
+  resyncing: false,
+  buffer: [],
+  lastResync: 0,
+  backfill: true,
+  statsTimer: null,
+  statsMissing: false,
+};
+
+// ---------------------------------------------------------------- status
+
+function setStatus(state, text) {
+  conn.state = state;
+  const el = $("status");
+  el.dataset.state = state;
+  el.textContent = text;
+  el.title = `${text} (since ${fmtClock(Date.now() / 1000)})`;
+}
+
+// ---------------------------------------------------------------- sign-in
+
+async function signIn(key) {
+  await api("POST", "/v1/auth/login", { key });
+}
+
+function showSignIn(message = "") {
+  ui.signedIn = false;
+  stopConnection();
+  model.clear();
+  ui.gridShape = null;
+  $("pools").replaceChildren();
+  $("dashboard").hidden = true;
+  $("signin").hidden = false;
+  $("signout").hidden = true;
+  $("who").textContent = "";
+  $("signin-error").textContent = message;
+  setStatus("signed-out", "signed out");
+  $("signin-key").focus();
+}
+
+function showDashboard() {
+  ui.signedIn = true;
+  $("signin").hidden = true;
+  $("dashboard").hidden = false;
+  $("signout").hidden = false;
+  $("who").textContent = "admin";
+  $("signin-error").textContent = "";
+}
+
+$("signin-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = $("signin-key");
+  const key = input.value;
+  if (!key) return;
+  $("signin-error").textContent = "";
+  try {
+    await signIn(key);
+    input.value = "";
+    start();
+  } catch (err) {
+    $("signin-error").textContent =
+      err instanceof HttpError
+        ? err.status === 401
+          ? "That key was refused."
+          : `Sign-in failed: ${err.message}`
+        : "The daemon is unreachable.";
+  }
+});
+
+$("signout").addEventListener("click", async () => {
+  try {
+    await api("POST", "/v1/auth/logout");
+  } catch {
+    // signed out locally regardless
+  }
+  showSignIn();
+});
+
+// ---------------------------------------------------------------- connection
+
+function stopConnection() {
+  conn.gen += 1;
+  if (conn.es) conn.es.close();
+  conn.es = null;
+  clearTimeout(conn.timer);
+  clearTimeout(conn.statsTimer);
+  conn.timer = null;
+  conn.statsTimer = null;
+  conn.resyncing = false;
+  conn.buffer = [];
+}
+
+async function start() {
+  stopConnection();
+  showDashboard();
+  conn.attempt = 0;
+  conn.backfill = true;
+  setStatus("connecting", "connecting…");
+  loadHost();
+  connect();
+  pollStats();
+}
+
+async function loadHost() {
+  try {
+    renderHost(await api("GET", "/v1/host"));
+  } catch {
+    // shown from /v1/state once connected
+  }
+}
+
+function disconnected(reason) {
+  const gen = conn.gen;
+  if (conn.es) conn.es.close();
+  conn.es = null;
+  const wasLive = conn.state === "live";
+  const delay = RECONNECT_DELAYS_MS[Math.min(conn.attempt, RECONNECT_DELAYS_MS.length - 1)];
+  conn.attempt += 1;
+  setStatus("disconnected", `disconnected — reconnecting (attempt ${conn.attempt})…`);
+  if (wasLive) localFeed("disconnected", reason);
+  rates.gap();
+  clearTimeout(conn.timer);
+  conn.timer = setTimeout(() => {
+    if (gen === conn.gen) connect();
+  }, delay);
+}
+
+async function connect() {
+  const gen = ++conn.gen;
+  const reconnecting = conn.attempt > 0;
+  let snap;
+  try {
+    snap = await api("GET", "/v1/state");
+  } catch (err) {
+    if (gen !== conn.gen) return;
+    if (isAuthError(err)) {
+      showSignIn("Your sign-in is no longer valid; sign in again.");
+      return;
+    }
+    disconnected(err.message);
+    return;
+  }
+  if (gen !== conn.gen) return;
+  model.loadSnapshot(snap);
+  conn.lastResync = Date.now();
+  renderHost(snap.host);
+  if (reconnecting) localFeed("resynced", `state re-read at event ${snap.event_id}`);
+  // The feed continues where it stopped (missed events are shown, not applied); on first load
+  // it shows a little history.
+  let since = snap.event_id;
+  if (ui.lastFeedId > 0) since = Math.min(ui.lastFeedId, snap.event_id);
+  else if (conn.backfill) since = Math.max(0, snap.event_id - FEED_BACKFILL);
+  openStream(gen, since);
+  scheduleRender();
+}
+
+function openStream(gen, since) {
+  const es = new EventSource(`/v1/events?since=${since}`);
+  conn.es = es;
+  conn.since = since;
+  es.onopen = () => {
+    if (gen !== conn.gen) return;
+    conn.attempt = 0;
+    setStatus("live", "live");
+  };
+  const onEvent = (msg) => {
+    if (gen !== conn.gen) return;
+    let ev;
+    try {
+      ev = JSON.parse(msg.data);
+    } catch {
+      return;
+    }
+    if (!ev.type) ev.type = msg.type === "message" ? "unknown" : msg.type;
+    if (typeof ev.id !== "number" && msg.lastEventId) ev.id = Number(msg.lastEventId);
+    onServerEvent(ev);
+  };
+  for (const t of EVENT_TYPES) es.addEventListener(t, onEvent);
+  es.onmessage = onEvent;
+  es.onerror = () => {
+    if (gen !== conn.gen) return;
+    // EventSource would retry by itself, but we resync from /v1/state on every reconnect.
+    disconnected("event stream lost");
+  };
+}
+
+function onServerEvent(ev) {
+  addToFeed(ev);
+  if (ev.type === "waiting" && ev.allocation) {
+    ui.blockers.set(ev.allocation.id, (ev.blockers ?? []).map((b) => b.allocation));
+    if (ui.blockers.size > 5000) ui.blockers.delete(ui.blockers.keys().next().value);
+  }
+  if (ev.type === "reset") {
+    // Our ?since= was older than the daemon's retention: nothing more to show from history.
+    conn.backfill = false;
+    resync();
+    return;
+  }
+  if (conn.resyncing) {
+    conn.buffer.push(ev);
+    return;
+  }
+  const result = model.apply(ev);
+  if (result === "applied" && ev.type === "hit") flashHit(ev);
+  scheduleRender();
+}
+
+/** Re-read /v1/state without dropping the stream; events that arrive meanwhile are replayed. */
+async function resync() {
+  if (conn.resyncing) return;
+  const gen = conn.gen;
+  conn.resyncing = true;
+  conn.buffer = [];
+  conn.lastResync = Date.now();
+  try {
+    const snap = await api("GET", "/v1/state");
+    if (gen !== conn.gen) return;
+    model.loadSnapshot(snap);
+    for (const ev of conn.buffer) model.apply(ev);
+  } catch (err) {
+    if (gen !== conn.gen) return;
+    if (isAuthError(err)) {
+      showSignIn("Your sign-in is no longer valid; sign in again.");
+      return;
+    }
+    // The stream, if alive, keeps us current; if it is not, its error handler reconnects.
+  } finally {
+    if (gen === conn.gen) {
+      conn.resyncing = false;
+      conn.buffer = [];
+      scheduleRender();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- stats (rate charts)
+
+async function pollStats() {
+  const gen = conn.gen;
+  let next = STATS_EVERY_MS;
+  try {
+    const s = await api("GET", "/v1/stats");
+    if (!ui.signedIn) return;
+    rates.add(performance.now() / 1000, s);
+    conn.statsMissing = false;
+    $("charts-note").textContent = "";
+  } catch (err) {
+    if (!ui.signedIn) return;
+    if (err instanceof HttpError) {
+      if (isAuthError(err)) {
+        // the state read will notice and ask for a sign-in
+      } else {
+        conn.statsMissing = true;
+        $("charts-note").textContent = `stats unavailable (HTTP ${err.status})`;
+        next = 10_000;
+      }
+    } else {
+      rates.gap();
+      // Unreachable although the stream looks open: it is stale (e.g. a silent network drop).
+      if (conn.state === "live" && gen === conn.gen) disconnected("stats poll failed");
+    }
+  }
+  if (!ui.signedIn) return;
+  drawCharts();
+  clearTimeout(conn.statsTimer);
+  conn.statsTimer = setTimeout(pollStats, next);
+}
+
+function drawCharts() {
+  if ($("dashboard").hidden) return;
+  const now = performance.now() / 1000;
+  const specs = [
+    ["allocations", "allocations_total", "#4ea1ff"],
+    ["evictions", "evictions_total", "#f0a030"],
+    ["refusals", "refusals_total", "#e5534b"],
+  ];
+  for (const [name, field, color] of specs) {
+    drawRate($(`chart-${name}`), rates, field, color, now);
+    $(`rate-${name}`).textContent = fmtRate(rates.latest(field));
+  }
+}
+
+window.addEventListener("resize", () => drawCharts());
+
+// ---------------------------------------------------------------- feed
+
+function summarize(ev) {
+  const a = ev.allocation;
+  const who = a
+    ? `${a.id}${a.label ? ` “${a.label}”` : ""} (${model.sessionName(a.session)})`
+    : "";
+  const regs = (list) => {
+    if (!list?.length) return "no registers";
+    const byIndex = new Map();
+    for (const r of list) {
+      const k = indexName(r.pool, r.index);
+      if (!byIndex.has(k)) byIndex.set(k, []);
+      byIndex.get(k).push(r.cpu);
+    }
+    return [...byIndex.entries()].map(([k, cpus]) => `${k} on cpu ${cpus.join(",")}`).join("; ");
+  };
+  switch (ev.type) {
+    case "installed":
+    case "reinstalled":
+      return `${who} ${fmtScope(a?.scope)} ${a ? fmtRange(a) : ""} → ${regs(a?.registers)}`;
+    case "waiting": {
+      const b = (ev.blockers ?? []).map((x) => x.allocation).join(", ");
+      return `${who} ${fmtScope(a?.scope)} queued${b ? `; blocked by ${b}` : ""}`;
+    }
+    case "evicted":
+      return `${who} ${fmtScope(a?.scope)} — ${ev.reason ?? a?.reason ?? "evicted"}${
+        a?.state === "waiting" ? " (requeued)" : ""
+      }`;
+    case "moved":
+      return `${who} ${regs(ev.previous)} → ${regs(a?.registers)}`;
+    case "released":
+    case "expired":
+      return `${who} ${fmtScope(a?.scope)} — ${a?.reason ?? ev.type}`;
+    case "hit": {
+      const where = [ev.cpu != null ? `cpu ${ev.cpu}` : null, ev.tid != null ? `tid ${ev.tid}` : null]
+        .filter(Boolean)
+        .join(" ");
+      return `${who} ${ev.access ?? ""} ${ev.address ?? ""}${ev.length ? ` +${ev.length}` : ""} ${where}`;
+    }
+    case "session_opened":
+      return `${ev.session} “${ev.name ?? ""}” ttl ${ev.ttl_s ?? "?"} s`;
+    case "session_closed":
+      return `${ev.session} (${model.sessionName(ev.session)}) ${ev.reason ?? "closed"}`;
+    case "reset":
+      return "missed events beyond the daemon's retention; state re-read";
+    default:
+      return JSON.stringify(ev);
+  }
+}
+
+function addToFeed(ev) {
+  if (typeof ev.id === "number" && ev.type !== "reset") {
+    if (ev.id <= ui.lastFeedId) return;
+    ui.lastFeedId = ev.id;
+  }
+  const text = summarize(ev);
+  ui.feed.push({
+    key: ++ui.feedSeq,
+    ev,
+    text,
+    search: `${ev.type} ${text} ${JSON.stringify(ev)}`.toLowerCase(),
+    local: false,
+  });
+  if (ui.feed.length > FEED_KEEP) ui.feed.splice(0, ui.feed.length - FEED_KEEP);
+  scheduleRender();
+}
+
+function localFeed(kind, text) {
+  const ev = { type: "connection", at: Date.now() / 1000, kind };
+  ui.feed.push({
+    key: ++ui.feedSeq,
+    ev,
+    text: `${kind}: ${text}`,
+    search: `connection ${kind} ${text}`.toLowerCase(),
+    local: true,
+  });
+  scheduleRender();
+}
+
+function feedVisible(item) {
+  const f = ui.feedFilter;
+  if (f.hidden.has(item.ev.type)) return false;
+  return !f.text || item.search.includes(f.text);
+}
+
+function feedRow(item) {
+  const ev = item.ev;
+  const li = h(
+    "li",
+    {
+      class: `feed-item t-${ev.type}`,
+      "data-testid": "feed-item",
+      "data-type": ev.type,
+      "data-event-id": ev.id ?? "",
+      "data-allocation": ev.allocation?.id ?? "",
+    },
+    h("time", { text: fmtClock(ev.at ?? Date.now() / 1000) }),
+    h("span", { class: "etype", text: ev.type.replace("session_", "session ") }),
+    h("span", { class: "etext", text: item.text }),
+  );
+  if (ev.allocation) li.classList.add("clickable");
+  return li;
+}
+
+function renderFeed() {
+  const list = $("feed");
+  const f = ui.feedFilter;
+  const key = `${f.text}\u0000${[...f.hidden].sort().join(",")}`;
+  const drawn = ui.feedDrawn;
+  const lastKey = ui.feed.length ? ui.feed[ui.feed.length - 1].key : 0;
+  if (drawn.key !== key) {
+    const rows = [];
+    for (let i = ui.feed.length - 1; i >= 0 && rows.length < FEED_SHOW; i--) {
+      if (feedVisible(ui.feed[i])) rows.push(feedRow(ui.feed[i]));
+    }
+    list.replaceChildren(...rows);
+  } else {
+    const fresh = ui.feed.filter((it) => it.key > drawn.upTo && feedVisible(it));
+    for (const it of fresh) list.prepend(feedRow(it));
+    while (list.childElementCount > FEED_SHOW) list.lastElementChild.remove();
+  }
+  drawn.key = key;
+  drawn.upTo = lastKey;
+  list.dataset.empty = ui.feed.length ? "no event matches the filter" : "no events yet";
+}
+
+function buildTypeFilters() {
+  const box = $("type-filters");
+  for (const t of [...EVENT_TYPES, "connection"]) {
+    const btn = h("button", {
+      type: "button",
+      class: `type-toggle t-${t}`,
+      "aria-pressed": "true",
+      "data-testid": `feed-filter-${t}`,
+      "data-type": t,
+      text: t.replace("session_", "session "),
+      onclick: () => {
+        const hidden = ui.feedFilter.hidden;
+        if (hidden.has(t)) hidden.delete(t);
+        else hidden.add(t);
+        btn.setAttribute("aria-pressed", String(!hidden.has(t)));
+        scheduleRender();
+      },
+    });
+    box.append(btn);
+  }
+  $("feed-filter").addEventListener("input", (e) => {
+    ui.feedFilter.text = e.target.value.trim().toLowerCase();
+    scheduleRender();
+  });
+}
+
+// ---------------------------------------------------------------- host and legend
+
+function renderHost(host) {
+  if (!host) return;
+  const pools = Object.entries(host.pools)
+    .map(([n, s]) => `${n}×${s}`)
+    .join(" ");
+  $("host").textContent = [
+    host.profile,
+    `${host.cpus} CPU${host.cpus === 1 ? "" : "s"}`,
+    pools,
+    host.mode_switching ? "mode switching" : null,
+    `${host.backend} backend`,
+    host.version ? `v${host.version}` : null,
+  ]
+    .filter(Boolean)
+    .join(" · ");
+}
+
+function buildLegend() {
+  const items = [
+    ["critical", "critical ≥900"],
+    ["ptrace", "ptrace ≥700"],
+    ["normal", "normal ≥300"],
+    ["background", "background ≥100"],
+    ["below-background", "<100"],
+  ];
+  $("legend").replaceChildren(
+    ...items.map(([c, t]) => h("span", { class: `key p-${c}` }, h("i"), t)),
+    h("span", { class: "key ne" }, h("i"), "non-evictable"),
+    h("span", { class: "key cpu-key" }, h("i"), "CPU-held (top)"),
+    h("span", { class: "key task-key" }, h("i"), "task-held (bottom)"),
+  );
+}
+
+// ---------------------------------------------------------------- register grid
+
+function chipTitle(a, holder) {
+  return [
+    `${a.id}${a.label ? ` “${a.label}”` : ""}`,
+    `${holder}: ${fmtScope(a.scope)}`,
+    `session ${model.sessionName(a.session)}${a.session ? ` (${a.session})` : ""}`,
+    `${a.access} ${a.length} bytes at ${fmtAddress(a)} (${a.space})`,
+    `priority ${a.priority} (${priorityClass(a.priority)})${a.evictable ? "" : ", non-evictable"}`,
+    `on evict: ${a.on_evict}; generation ${a.generation}`,
+  ].join("\n");
+}
+
+function chip(a, kind, compact) {
+  const pc = priorityClass(a.priority);
+  const tag = kind === "cpu" ? "CPU" : `T${a.scope.tid}`;
+  const top = h(
+    "div",
+    { class: "chip-top" },
+    h("span", { class: "tag" }, tag),
+    h("span", { class: "label", text: a.label || a.id }),
+    a.evictable ? null : h("span", { class: "tag ne-tag", title: "non-evictable" }, "NE"),
+  );
+  const lines = compact
+    ? [h("div", { class: "chip-line mono", text: fmtRange(a) })]
+    : [
+        h("div", {
+          class: "chip-line",
+          text: `${model.sessionName(a.session)} · ${fmtScope(a.scope)} · p${a.priority}`,
+        }),
+        h("div", { class: "chip-line mono", text: fmtRange(a) }),
+      ];
+  return h(
+    "div",
+    {
+      class: `chip ${kind} p-${pc}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+      "data-allocation": a.id,
+      "data-testid": "chip",
+      tabindex: "0",
+      role: "button",
+      title: chipTitle(a, kind === "cpu" ? "CPU-held" : "task-held"),
+    },
+    top,
+    ...lines,
+  );
+}
+
+function cellSignature(cell) {
+  const parts = [];
+  for (const a of cell.cpu) parts.push(`c${a.id}:${a.generation}:${a.updated_at}:${a.session}`);
+  for (const [tid, list] of cell.tasks) {
+    for (const a of list) parts.push(`t${tid}:${a.id}:${a.generation}:${a.updated_at}:${a.session}`);
+  }
+  return parts.join("|");
+}
+
+function renderCell(td, cell, pk, cpu, index, usage) {
+  const sig = `${cellSignature(cell)}#${ui.selected}#${model.sessions.size}`;
+  if (td.dataset.sig === sig) return;
+  td.dataset.sig = sig;
+  const ids = [...cell.cpu.map((a) => a.id), ...[...cell.tasks.values()].flat().map((a) => a.id)];
+  const hasCpu = cell.cpu.length > 0;
+  const hasTask = cell.tasks.size > 0;
+  td.dataset.holder = hasCpu && hasTask ? "both" : hasCpu ? "cpu" : hasTask ? "task" : "";
+  td.dataset.allocations = ids.join(" ");
+  // Which end of the file this index belongs to right now: CPU holders take the top indices,
+  // tasks the bottom ones.
+  const zone =
+    hasCpu ? "cpu-zone" : index < usage.maxTask ? "task-zone" : index >= pk.slots - usage.cpuHeld ? "cpu-zone" : "free";
+  td.className = `cell ${zone}`;
+  const kids = [];
+  for (const a of cell.cpu) kids.push(chip(a, "cpu", false));
+  if (hasTask) {
+    const entries = [...cell.tasks.entries()];
+    const compact = entries.length > 1 || hasCpu;
+    for (const [, list] of entries.slice(0, CELL_TASKS_SHOWN)) {
+      for (const a of list) kids.push(chip(a, "task", compact));
+    }
+    if (entries.length > CELL_TASKS_SHOWN) {
+      kids.push(
+        h("div", {
+          class: "more",
+          text: `+${entries.length - CELL_TASKS_SHOWN} more task${entries.length - CELL_TASKS_SHOWN > 1 ? "s" : ""}`,
+        }),
+      );
+    }
+  }
+  if (!kids.length) kids.push(h("span", { class: "free-mark", text: "free" }));
+  td.replaceChildren(...kids);
+}
+
+function renderGrid() {
+  const d = model.derived();
+  const pools = [...d.pools.values()];
+  const shape = pools.map((p) => `${p.key}:${p.slots}x${p.rows.length}`).join(",");
+  const box = $("pools");
+  if (ui.gridShape !== shape) {
+    ui.gridShape = shape;
+    box.replaceChildren(
+      ...pools.map((p) => {
+        const head = h(
+          "tr",
+          null,
+          h("th", { class: "corner", scope: "col" }, "CPU"),
+          ...Array.from({ length: p.slots }, (_, i) =>
+            h("th", { scope: "col", class: "idx" }, indexName(p.pool, i)),
+          ),
+        );
+        const rows = p.rows.map((_, cpu) =>
+          h(
+            "tr",
+            { "data-testid": `row-${p.key}-${cpu}` },
+            h("th", { scope: "row", class: "cpu-head" }),
+            ...Array.from({ length: p.slots }, (_, i) =>
+              h("td", { class: "cell", "data-testid": `cell-${p.key}-${cpu}-${i}` }),
+            ),
+          ),
+        );
+        const title = p.space ? `${p.pool} (${p.space} space)` : p.pool;
+        return h(
+          "div",
+          { class: "pool", "data-testid": `pool-${p.key}` },
+          h("h3", null, `pool ${title}`, h("span", { class: "muted small" }, ` ${p.slots} slots per CPU`)),
+          h(
+            "div",
+            { class: "table-wrap" },
+            h("table", { class: "grid", style: `--slots:${p.slots}` }, h("thead", null, head), h("tbody", null, ...rows)),
+          ),
+        );
+      }),
+    );
+  }
+  for (const p of pools) {
+    const table = box.querySelector(`[data-testid="pool-${CSS.escape(p.key)}"] tbody`);
+    if (!table) continue;
+    p.rows.forEach((cells, cpu) => {
+      const tr = table.rows[cpu];
+      const u = p.usage[cpu];
+      const head = tr.cells[0];
+      const free = p.slots - u.cpuHeld - u.maxTask;
+      const usageSig = `${u.cpuHeld}/${u.maxTask}/${u.tasks}`;
+      if (head.dataset.sig !== usageSig) {
+        head.dataset.sig = usageSig;
+        head.replaceChildren(
+          h("div", { class: "cpu-name" }, `cpu ${cpu}`),
+          h(
+            "div",
+            { class: "usage", title: `CPU-held ${u.cpuHeld}, fullest task ${u.maxTask}, free ${free} (of ${p.slots})` },
+            h("span", { class: "u-task", style: `flex:${u.maxTask}` }),
+            h("span", { class: "u-free", style: `flex:${Math.max(0, free)}` }),
+            h("span", { class: "u-cpu", style: `flex:${u.cpuHeld}` }),
+          ),
+          h("div", { class: "usage-text muted" }, `T${u.maxTask} C${u.cpuHeld} · ${u.tasks} task${u.tasks === 1 ? "" : "s"}`),
+        );
+      }
+      cells.forEach((cell, i) => renderCell(tr.cells[i + 1], cell, p, cpu, i, u));
+    });
+  }
+}
+
+function flashHit(ev) {
+  const a = ev.allocation;
+  if (!a) return;
+  for (const r of a.registers ?? []) {
+    if (ev.cpu != null && r.cpu !== ev.cpu) continue;
+    const key = model.host?.mode_switching ? `${r.pool}/${a.space}` : r.pool;
+    const td = document.querySelector(`[data-testid="cell-${CSS.escape(key)}-${r.cpu}-${r.index}"]`);
+    if (!td) continue;
+    const spark = h("span", { class: "hit-flash", "aria-hidden": "true" });
+    spark.addEventListener("animationend", () => spark.remove());
+    td.append(spark);
+  }
+}
+
+// ---------------------------------------------------------------- tasks, waiting, sessions
+
+function allocLine(a, extra) {
+  const pc = priorityClass(a.priority);
+  return h(
+    "li",
+    {
+      class: `alloc-line p-${pc}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+      "data-allocation": a.id,
+      tabindex: "0",
+      role: "button",
+    },
+    h("span", { class: "swatch" }),
+    h("span", { class: "label", text: a.label || a.id }),
+    h("span", { class: "muted", text: a.id }),
+    h("span", { class: "mono", text: fmtRange(a) }),
+    h("span", { class: "muted", text: `p${a.priority}` }),
+    a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
+    extra,
+  );
+}
+
+function regsText(a) {
+  if (a.state === "waiting") return "waiting";
+  const byCpu = new Map();
+  for (const r of a.registers ?? []) {
+    if (!byCpu.has(r.cpu)) byCpu.set(r.cpu, []);
+    byCpu.get(r.cpu).push(indexName(r.pool, r.index));
+  }
+  return [...byCpu.entries()].map(([c, ix]) => `cpu${c}:${ix.join("+")}`).join(" ");
+}
+
+function renderTasks(d) {
+  const q = $("tasks-filter").value.trim().toLowerCase();
+  const box = $("tasks");
+  const matches = d.tasks.filter(
+    (t) =>
+      !q ||
+      t.tid.includes(q) ||
+      t.allocs.some((a) =>
+        `${a.label} ${a.id} ${a.session} ${model.sessionName(a.session)}`.toLowerCase().includes(q),
+      ),
+  );
+  $("tasks-count").textContent = d.tasks.length ? `(${d.tasks.length})` : "";
+  const shown = matches.slice(0, LIST_LIMIT);
+  const blocks = shown.map((t) =>
+    h(
+      "div",
+      { class: "task", "data-testid": `task-${t.tid}` },
+      h("div", { class: "task-head" }, h("b", null, `tid ${t.tid}`), h("span", { class: "muted" }, ` ${t.allocs.length} allocation${t.allocs.length === 1 ? "" : "s"}`)),
+      h("ul", { class: "alloc-list" }, ...t.allocs.map((a) => allocLine(a, h("span", { class: "regs", text: regsText(a) })))),
+    ),
+  );
+  if (matches.length > shown.length) {
+    blocks.push(h("p", { class: "muted" }, `…and ${matches.length - shown.length} more; filter to narrow`));
+  }
+  if (!blocks.length) blocks.push(h("p", { class: "empty", text: d.tasks.length ? "no task matches" : "no task-scoped allocations" }));
+  box.replaceChildren(...blocks);
+}
+
+function renderWaiting(d) {
+  const box = $("waiting");
+  $("waiting-count").textContent = d.waiting.length ? `(${d.waiting.length})` : "";
+  const shown = d.waiting.slice(0, LIST_LIMIT);
+  const items = shown.map((a, i) => {
+    const blockers = ui.blockers.get(a.id);
+    return h(
+      "li",
+      {
+        class: `wait-item p-${priorityClass(a.priority)}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+        "data-testid": "waiting-item",
+        "data-allocation": a.id,
+        tabindex: "0",
+        role: "button",
+      },
+      h("span", { class: "pos", text: `${i + 1}.` }),
+      h(
+        "div",
+        { class: "wait-main" },
+        h("span", { class: "swatch" }),
+        h("span", { class: "label", text: a.label || a.id }),
+        h("span", { class: "muted", text: `${a.id} · p${a.priority} (${priorityClass(a.priority)})` }),
+        a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
+      ),
+      h(
+        "div",
+        { class: "wait-sub muted" },
+        h("span", { class: "mono", text: fmtRange(a) }),
+        ` · ${fmtScope(a.scope)} · ${model.sessionName(a.session)}`,
+        a.reason ? ` · ${a.reason}` : "",
+        blockers?.length ? ` · blocked by ${blockers.join(", ")}` : "",
+      ),
+    );
+  });
+  if (d.waiting.length > shown.length) {
+    items.push(h("li", { class: "muted" }, `…and ${d.waiting.length - shown.length} more`));
+  }
+  if (!items.length) items.push(h("li", { class: "empty", text: "nobody is waiting" }));
+  box.replaceChildren(...items);
+}
+
+function renderSessions(d) {
+  const box = $("sessions");
+  const list = [...model.sessions.values()].sort((a, b) => (a.expires_at ?? 0) - (b.expires_at ?? 0));
+  $("sessions-count").textContent = list.length ? `(${list.length})` : "";
+  if (!list.length) {
+    box.replaceChildren(h("p", { class: "empty", text: "no open sessions" }));
+    return;
+  }
+  const shown = list.slice(0, LIST_LIMIT);
+  const grants = (s) => {
+    const out = [];
+    if (s.max_priority != null && s.max_priority > 300) out.push(`max ${priorityClass(s.max_priority)}`);
+    if (s.allow_non_evictable) out.push("non-evictable");
+    if (s.allow_kernel) out.push("kernel");
+    return out.join(", ") || (s.max_priority == null ? "?" : "—");
+  };
+  const table = h(
+    "table",
+    { class: "list" },
+    h("thead", null, h("tr", null, h("th", null, "id"), h("th", null, "name"), h("th", { class: "num" }, "allocs"), h("th", null, "grants"), h("th", { class: "num" }, "expires in"))),
+    h(
+      "tbody",
+      null,
+      ...shown.map((s) =>
+        h(
+          "tr",
+          { "data-testid": `session-${s.id}`, "data-session": s.id },
+          h("td", { class: "mono" }, s.id),
+          h("td", { class: "name", text: s.name }),
+          h("td", { class: "num" }, String(d.perSession.get(s.id) ?? 0)),
+          h("td", { class: "muted" }, grants(s)),
+          h("td", { class: "num countdown", "data-expires": s.expires_at ?? "", "data-ttl": s.ttl_s ?? "" }),
+        ),
+      ),
+    ),
+  );
+  const nodes = [table];
+  if (list.length > shown.length) nodes.push(h("p", { class: "muted" }, `…and ${list.length - shown.length} more`));
+  box.replaceChildren(...nodes);
+  tickCountdowns();
+}
+
+function tickCountdowns() {
+  const now = serverNow();
+  let overdue = false;
+  for (const el of document.querySelectorAll("#sessions .countdown")) {
+    const at = Number(el.dataset.expires);
+    if (!el.dataset.expires) {
+      el.textContent = "?";
+      continue;
+    }
+    const left = at - now;
+    el.textContent = left > 0 ? fmtDuration(left) : "renewing?";
+    const ttl = Number(el.dataset.ttl) || 30;
+    el.classList.toggle("soon", left < Math.min(5, ttl / 3));
+    if (left < -2) overdue = true;
+  }
+  // Keepalives send no event: a lease that outlived its expiry was renewed. Re-read the state
+  // (at most every 5 s) to learn the new expiry.
+  if (overdue && conn.state === "live" && Date.now() - conn.lastResync > 5000) resync();
+}
+
+// ---------------------------------------------------------------- details drawer
+
+function lastRecord(id) {
+  const live = model.allocations.get(id);
+  if (live) return live;
+  for (let i = ui.feed.length - 1; i >= 0; i--) {
+    const a = ui.feed[i].ev.allocation;
+    if (a && a.id === id) return a;
+  }
+  return null;
+}
+
+function select(id) {
+  ui.selected = id;
+  ui.evictArmed = null;
+  scheduleRender();
+}
+
+function renderDetails() {
+  const box = $("details");
+  const id = ui.selected;
+  if (!id) {
+    box.hidden = true;
+    return;
+  }
+  const a = lastRecord(id);
+  box.hidden = false;
+  if (!a) {
+    box.replaceChildren(h("p", null, `${id}: no record`));
+    return;
+  }
+  const live = model.allocations.has(id);
+  const rows = [
+    ["id", a.id],
+    ["state", a.state],
+    ["label", a.label || "—"],
+    ["session", `${model.sessionName(a.session)}${a.session ? ` (${a.session})` : ""}`],
+    ["scope", fmtScope(a.scope)],
+    ["access", a.access],
+    ["length", `${a.length} bytes`],
+    ["address", fmtAddress(a)],
+    ["space", a.space],
+    ["priority", `${a.priority} (${priorityClass(a.priority)})`],
+    ["evictable", a.evictable ? "yes" : "no (non-evictable)"],
+    ["on evict", a.on_evict],
+    ["generation", a.generation],
+    ["registers", regsText(a) || "—"],
+    ["created", fmtClock(a.created_at)],
+    ["updated", fmtClock(a.updated_at)],
+  ];
+  if (a.reason) rows.push(["reason", a.reason]);
+  const history = ui.feed.filter((it) => it.ev.allocation?.id === id).slice(-20).reverse();
+  const actions = [];
+  if (live && a.state === "installed") {
+    const armed = ui.evictArmed === id;
+    actions.push(
+      h("button", {
+        type: "button",
+        class: `btn ${armed ? "danger" : ""}`,
+        "data-testid": "details-evict",
+        text: armed ? "Confirm evict" : "Evict",
+        onclick: () => act(id, "evict"),
+      }),
+    );
+  }
+  if (live) {
+    actions.push(h("button", { type: "button", class: "btn", "data-testid": "details-release", text: "Release", onclick: () => act(id, "release") }));
+  }
+  box.replaceChildren(
+    h(
+      "div",
+      { class: "panel-head" },
+      h("h2", null, `Allocation ${a.id}`),
+      h("button", { type: "button", class: "btn small", "data-testid": "details-close", "aria-label": "close", text: "×", onclick: () => select(null) }),
+    ),
+    h("dl", { class: `kv p-${priorityClass(a.priority)}` }, ...rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", { text: String(v) })])),
+    h("div", { class: "actions" }, ...actions, h("span", { class: "error", id: "details-error" })),
+    h("h3", null, "Recent events"),
+    h("ol", { class: "feed mini" }, ...history.map(feedRow)),
+  );
+}
+
+async function act(id, what) {
+  try {
+    if (what === "evict") {
+      if (ui.evictArmed !== id) {
+        ui.evictArmed = id;
+        renderDetails();
+        return;
+      }
+      ui.evictArmed = null;
+      await api("POST", `/v1/allocations/${encodeURIComponent(id)}/evict`, { reason: "evicted from the dashboard" });
+    } else {
+      await api("DELETE", `/v1/allocations/${encodeURIComponent(id)}`);
+    }
+  } catch (err) {
+    const el = $("details-error");
+    if (el) el.textContent = err.message;
+  }
+}
+
+// Clicks and keyboard on any allocation (chips, task and waiting lines) open the drawer;
+// hovering one lights up every register it holds.
+document.addEventListener("click", (e) => {
+  const el = e.target.closest?.("[data-allocation]");
+  if (el?.dataset.allocation) select(el.dataset.allocation);
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && ui.selected) select(null);
+  if (e.key !== "Enter" && e.key !== " ") return;
+  const el = e.target.closest?.("[data-allocation][role=button]");
+  if (el) {
+    e.preventDefault();
+    select(el.dataset.allocation);
+  }
+});
+function hover(id, on) {
+  if (!id) return;
+  for (const el of document.querySelectorAll(`.chip[data-allocation="${CSS.escape(id)}"]`)) {
+    el.classList.toggle("hover", on);
+  }
+}
+document.addEventListener("mouseover", (e) => hover(e.target.closest?.(".chip")?.dataset.allocation, true));
+document.addEventListener("mouseout", (e) => hover(e.target.closest?.(".chip")?.dataset.allocation, false));
+
+// ---------------------------------------------------------------- render loop
+
+function scheduleRender() {
+  if (ui.renderQueued) return;
+  ui.renderQueued = true;
+  const run = () => {
+    ui.renderQueued = false;
+    render();
+  };
+  // rAF is paused in background tabs; a timeout keeps the page current there too.
+  if (document.hidden) setTimeout(run, 250);
+  else requestAnimationFrame(run);
+}
+
+function render() {
+  $("event-id").textContent = model.loaded ? `event #${model.eventId}` : "";
+  renderFeed();
+  if (!ui.signedIn || !model.loaded) return;
+  const d = model.derived();
+  renderGrid();
+  renderTasks(d);
+  renderWaiting(d);
+  renderSessions(d);
+  renderDetails();
+}
+
+$("tasks-filter").addEventListener("input", () => scheduleRender());
+setInterval(tickCountdowns, 250);
+setInterval(() => {
+  if (ui.signedIn) drawCharts();
+}, 10_000);
+
+// ---------------------------------------------------------------- boot
+
+async function boot() {
+  // A `#key=` sign-in link: take the key, and erase it from the address bar and the history
+  // entry before anything else (the fragment never reached the server).
+  let linkKey = null;
+  if (location.hash.length > 1) {
+    const params = new URLSearchParams(location.hash.slice(1));
+    linkKey = params.get("key");
+    if (linkKey !== null) history.replaceState(history.state, "", location.pathname + location.search);
+  }
+  try {
+    renderHost(await api("GET", "/v1/host"));
+  } catch {
+    // not up yet: the connection loop reports it
+  }
+  if (linkKey) {
+    try {
+      await signIn(linkKey);
+      start();
+      return;
+    } catch (err) {
+      showSignIn(
+        err instanceof HttpError && err.status === 401
+          ? "The key in the sign-in link was refused."
+          : `Sign-in failed: ${err.message}`,
+      );
+      return;
+    }
+  }
+  let admin = false;
+  try {
+    admin = Boolean((await api("GET", "/v1/auth/me"))?.admin);
+  } catch (err) {
+    if (!(err instanceof HttpError)) {
+      // The daemon is unreachable: keep trying until it answers.
+      setStatus("disconnected", "daemon unreachable — retrying…");
+      setTimeout(boot, 2000);
+      return;
+    }
+  }
+  if (admin) start();
+  else showSignIn();
+}
+
+buildLegend();
+buildTypeFilters();
+boot();
