@@ -59,7 +59,7 @@ class OnEvict(StrEnum):
     WAIT = "wait"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Scope:
     """Where an allocation applies: a task (optionally pinned to CPUs), one CPU, or a CPU set.
 
@@ -105,7 +105,7 @@ class Scope:
         return cls.cpu_set(None if cpus == "all" else tuple(cpus))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """What a client asks for: a range to watch, where, at which priority."""
 
