@@ -165,7 +165,11 @@ class Allocation(BaseModel):
 
 
 class AllocationList(BaseModel):
+    """GET /v1/allocations. `event_id`, when the daemon sends it, is the last event the list
+    reflects: a client that re-reads state after a stream `reset` skips events up to it."""
+
     allocations: list[Allocation]
+    event_id: int | None = None
 
 
 class SessionRequest(Strict):
@@ -265,7 +269,8 @@ class SimAccessResult(BaseModel):
 
 
 class Event(BaseModel):
-    """One event as it travels in an SSE `data:` line."""
+    """One event as it travels in an SSE `data:` line. Type-specific fields (`previous` of
+    `moved`, `blockers` of `waiting`, a hit's `cpu`/`address`...) are kept as extras."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -274,6 +279,9 @@ class Event(BaseModel):
     at: float
     session: str | None = None
     allocation: Allocation | None = None
+    reason: str | None = Field(
+        default=None, description="why: of `evicted` and `session_closed` events"
+    )
 
 
 class Snapshot(BaseModel):

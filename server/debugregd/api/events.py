@@ -59,9 +59,11 @@ async def stream(
     sub = hub.subscribe(session)  # before reading history, so nothing falls in between
     try:
         last = hub.published_id if since is None else since
-        if since is not None and since < hub.published_id:
+        if since is not None and since != hub.published_id:
             earliest = rt.journal.earliest_event()
-            if earliest == 0 or since < earliest - 1:
+            # Older than retention, or newer than anything here (a wiped or foreign journal):
+            # the client cannot catch up event by event and must re-read state.
+            if earliest == 0 or since < earliest - 1 or since > hub.published_id:
                 last = hub.published_id
                 reset = {
                     "id": last,
@@ -81,6 +83,8 @@ async def stream(
                     for ev in page:
                         if ev.id > last and (session is None or ev.session == session):
                             yield _sse(ev)
+                            if session is not None and ev.type == "session_closed":
+                                return
                         last = max(last, ev.id)
         while True:
             if sub.overflowed or sub.closed:
@@ -96,6 +100,8 @@ async def stream(
             if live.id > last:
                 last = live.id
                 yield _sse(live)
+                if session is not None and live.type == "session_closed":
+                    return  # the session is over: so is its stream
     finally:
         hub.unsubscribe(sub)
 

@@ -17,7 +17,8 @@ router = APIRouter(tags=["monitoring"])
 @router.get("/healthz", response_model=schema.Health, summary="Liveness and readiness")
 async def healthz(d: DaemonDep) -> dict[str, Any]:
     rt = d.rt
-    return {"status": "ok", "event_id": rt.arbiter.event_id, "journal": str(rt.journal.path)}
+    # The last *published* event: a stream started after it misses nothing.
+    return {"status": "ok", "event_id": rt.hub.published_id, "journal": str(rt.journal.path)}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -115,7 +115,7 @@ class PerfBackend:
         self._armed.clear()
         self._by_allocation.clear()
 
-    def armed(self) -> dict[str, int]:
+    def open_events(self) -> dict[str, int]:
         """Open perf events per armed allocation id (shared events count for each holder)."""
         return {aid: len(armed.counters) for aid, armed in self._by_allocation.items()}
 

@@ -18,7 +18,7 @@ import {
   priorityClass,
 } from "./model.js";
 
-const RECONNECT_DELAYS_MS = [300, 1000, 2000, 3000, 5000];
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000]; // then every 2 s, with jitter
 const STATS_EVERY_MS = 2000;
 const FEED_KEEP = 2000; // events kept in memory
 const FEED_SHOW = 300; // rows drawn
@@ -130,8 +130,13 @@ const ui = {
   feedDrawn: { key: null, upTo: -1 },
   gridShape: null,
   renderQueued: false,
+  renderedAt: -Infinity,
   evictArmed: null,
   blockers: new Map(), // allocation id -> ids blocking it, from its latest `waiting` event
+  drawnVersion: -1, // model version the lists show
+  listsDirty: false, // a list's look changed without the model changing (selection, filter)
+  listsAt: -Infinity,
+  listsTimer: null,
 };
 
 const conn = {
@@ -144,6 +149,7 @@ const conn = {
   resyncing: false,
   buffer: [],
   lastResync: 0,
+  stateMs: 0, // how long the last /v1/state read took
   backfill: true,
   statsTimer: null,
   statsMissing: false,
@@ -157,6 +163,8 @@ function setStatus(state, text) {
   el.dataset.state = state;
   el.textContent = text;
   el.title = `${text} (since ${fmtClock(Date.now() / 1000)})`;
+  // What is on screen may be stale until the next resync: say so by dimming it.
+  $("dashboard").classList.toggle("stale", state === "disconnected" || state === "connecting");
 }
 
 // ---------------------------------------------------------------- sign-in
@@ -169,7 +177,16 @@ function showSignIn(message = "") {
   ui.signedIn = false;
   stopConnection();
   model.clear();
+  // Nothing an admin saw stays on the page once signed out.
   ui.gridShape = null;
+  ui.feed = [];
+  ui.lastFeedId = 0;
+  ui.feedDrawn = { key: null, upTo: -1 };
+  ui.selected = null;
+  ui.blockers.clear();
+  ui.drawnVersion = -1;
+  $("feed").replaceChildren();
+  $("details").hidden = true;
   $("pools").replaceChildren();
   $("dashboard").hidden = true;
   $("signin").hidden = false;
@@ -256,7 +273,8 @@ function disconnected(reason) {
   if (conn.es) conn.es.close();
   conn.es = null;
   const wasLive = conn.state === "live";
-  const delay = RECONNECT_DELAYS_MS[Math.min(conn.attempt, RECONNECT_DELAYS_MS.length - 1)];
+  const base = RECONNECT_DELAYS_MS[Math.min(conn.attempt, RECONNECT_DELAYS_MS.length - 1)];
+  const delay = base * (0.8 + 0.4 * Math.random());
   conn.attempt += 1;
   setStatus("disconnected", `disconnected — reconnecting (attempt ${conn.attempt})…`);
   if (wasLive) localFeed("disconnected", reason);
@@ -267,12 +285,21 @@ function disconnected(reason) {
   }, delay);
 }
 
+async function readState() {
+  const started = performance.now();
+  const snap = await api("GET", "/v1/state");
+  conn.stateMs = performance.now() - started;
+  return snap;
+}
+
 async function connect() {
   const gen = ++conn.gen;
+  conn.resyncing = false; // a resync in flight belongs to the old stream; this one replaces it
+  conn.buffer = [];
   const reconnecting = conn.attempt > 0;
   let snap;
   try {
-    snap = await api("GET", "/v1/state");
+    snap = await readState();
   } catch (err) {
     if (gen !== conn.gen) return;
     if (isAuthError(err)) {
@@ -351,11 +378,12 @@ function onServerEvent(ev) {
 async function resync() {
   if (conn.resyncing) return;
   const gen = conn.gen;
+  let retry = false;
   conn.resyncing = true;
   conn.buffer = [];
   conn.lastResync = Date.now();
   try {
-    const snap = await api("GET", "/v1/state");
+    const snap = await readState();
     if (gen !== conn.gen) return;
     model.loadSnapshot(snap);
     for (const ev of conn.buffer) model.apply(ev);
@@ -365,12 +393,16 @@ async function resync() {
       showSignIn("Your sign-in is no longer valid; sign in again.");
       return;
     }
-    // The stream, if alive, keeps us current; if it is not, its error handler reconnects.
+    // Keep what we have, brought up to date by what the stream delivered meanwhile (after a
+    // `reset` that is still incomplete until the retry below succeeds).
+    for (const ev of conn.buffer) model.apply(ev);
+    retry = true;
   } finally {
     if (gen === conn.gen) {
       conn.resyncing = false;
       conn.buffer = [];
       scheduleRender();
+      if (retry) setTimeout(() => gen === conn.gen && resync(), 2000);
     }
   }
 }
@@ -446,7 +478,8 @@ function summarize(ev) {
     case "reinstalled":
       return `${who} ${fmtScope(a?.scope)} ${a ? fmtRange(a) : ""} → ${regs(a?.registers)}`;
     case "waiting": {
-      const b = (ev.blockers ?? []).map((x) => x.allocation).join(", ");
+      const all = (ev.blockers ?? []).map((x) => x.allocation);
+      const b = all.slice(0, 6).join(", ") + (all.length > 6 ? ` and ${all.length - 6} more` : "");
       return `${who} ${fmtScope(a?.scope)} queued${b ? `; blocked by ${b}` : ""}`;
     }
     case "evicted":
@@ -542,7 +575,7 @@ function renderFeed() {
     }
     list.replaceChildren(...rows);
   } else {
-    const fresh = ui.feed.filter((it) => it.key > drawn.upTo && feedVisible(it));
+    const fresh = ui.feed.filter((it) => it.key > drawn.upTo && feedVisible(it)).slice(-FEED_SHOW);
     for (const it of fresh) list.prepend(feedRow(it));
     while (list.childElementCount > FEED_SHOW) list.lastElementChild.remove();
   }
@@ -625,15 +658,23 @@ function chipTitle(a, holder) {
   ].join("\n");
 }
 
-function chip(a, kind, compact) {
+/**
+ * One register's holder as a chip. `group` is every allocation sharing that register (identical
+ * watchpoints of one scope share it, reference-counted): the chip shows the strongest holder,
+ * coloured by its priority class, with "×N" for the others, which its tooltip lists.
+ */
+function chip(group, kind, compact) {
+  const a = group.reduce((best, x) => (x.priority > best.priority ? x : best), group[0]);
   const pc = priorityClass(a.priority);
+  const ne = group.some((x) => !x.evictable);
   const tag = kind === "cpu" ? "CPU" : `T${a.scope.tid}`;
   const top = h(
     "div",
     { class: "chip-top" },
     h("span", { class: "tag" }, tag),
     h("span", { class: "label", text: a.label || a.id }),
-    a.evictable ? null : h("span", { class: "tag ne-tag", title: "non-evictable" }, "NE"),
+    group.length > 1 ? h("span", { class: "tag shared", title: "holders sharing this register" }, `×${group.length}`) : null,
+    ne ? h("span", { class: "tag ne-tag", title: "non-evictable" }, "NE") : null,
   );
   const lines = compact
     ? [h("div", { class: "chip-line mono", text: fmtRange(a) })]
@@ -644,15 +685,16 @@ function chip(a, kind, compact) {
         }),
         h("div", { class: "chip-line mono", text: fmtRange(a) }),
       ];
+  const holder = kind === "cpu" ? "CPU-held" : "task-held";
   return h(
     "div",
     {
-      class: `chip ${kind} p-${pc}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+      class: `chip ${kind} p-${pc}${ne ? " ne" : ""}${group.some((x) => x.id === ui.selected) ? " selected" : ""}`,
       "data-allocation": a.id,
       "data-testid": "chip",
       tabindex: "0",
       role: "button",
-      title: chipTitle(a, kind === "cpu" ? "CPU-held" : "task-held"),
+      title: group.map((x) => chipTitle(x, holder)).join("\n\n"),
     },
     top,
     ...lines,
@@ -683,13 +725,11 @@ function renderCell(td, cell, pk, cpu, index, usage) {
     hasCpu ? "cpu-zone" : index < usage.maxTask ? "task-zone" : index >= pk.slots - usage.cpuHeld ? "cpu-zone" : "free";
   td.className = `cell ${zone}`;
   const kids = [];
-  for (const a of cell.cpu) kids.push(chip(a, "cpu", false));
+  if (hasCpu) kids.push(chip(cell.cpu, "cpu", hasTask));
   if (hasTask) {
     const entries = [...cell.tasks.entries()];
     const compact = entries.length > 1 || hasCpu;
-    for (const [, list] of entries.slice(0, CELL_TASKS_SHOWN)) {
-      for (const a of list) kids.push(chip(a, "task", compact));
-    }
+    for (const [, list] of entries.slice(0, CELL_TASKS_SHOWN)) kids.push(chip(list, "task", compact));
     if (entries.length > CELL_TASKS_SHOWN) {
       kids.push(
         h("div", {
@@ -818,9 +858,40 @@ function regsText(a) {
   return [...byCpu.entries()].map(([c, ix]) => `cpu${c}:${ix.join("+")}`).join(" ");
 }
 
+/**
+ * Make `box`'s children the rows for `items`, in order, reusing every row whose signature is
+ * unchanged: a busy host changes a few rows per redraw, so only those are laid out again.
+ * `tail` nodes (notes such as "…and 12 more") follow the rows.
+ */
+function reconcile(box, items, key, sig, build, tail = []) {
+  const old = new Map();
+  for (const el of box.children) if (el.dataset.key) old.set(el.dataset.key, el);
+  const keep = new Set();
+  let prev = null;
+  for (const item of items) {
+    const k = key(item);
+    const s = sig(item);
+    let el = old.get(k);
+    if (!el || el.dataset.sig !== s) {
+      const fresh = build(item);
+      fresh.dataset.key = k;
+      fresh.dataset.sig = s;
+      if (el) el.replaceWith(fresh);
+      el = fresh;
+    }
+    keep.add(el);
+    const want = prev ? prev.nextSibling : box.firstChild;
+    if (want !== el) box.insertBefore(el, want);
+    prev = el;
+  }
+  for (const el of [...box.children]) if (!keep.has(el)) el.remove();
+  box.append(...tail);
+}
+
+const allocSig = (a) => `${a.id}:${a.generation}:${a.updated_at}:${a.state}:${ui.selected === a.id}`;
+
 function renderTasks(d) {
   const q = $("tasks-filter").value.trim().toLowerCase();
-  const box = $("tasks");
   const matches = d.tasks.filter(
     (t) =>
       !q ||
@@ -831,101 +902,133 @@ function renderTasks(d) {
   );
   $("tasks-count").textContent = d.tasks.length ? `(${d.tasks.length})` : "";
   const shown = matches.slice(0, LIST_LIMIT);
-  const blocks = shown.map((t) =>
-    h(
-      "div",
-      { class: "task", "data-testid": `task-${t.tid}` },
-      h("div", { class: "task-head" }, h("b", null, `tid ${t.tid}`), h("span", { class: "muted" }, ` ${t.allocs.length} allocation${t.allocs.length === 1 ? "" : "s"}`)),
-      h("ul", { class: "alloc-list" }, ...t.allocs.map((a) => allocLine(a, h("span", { class: "regs", text: regsText(a) })))),
-    ),
-  );
+  const tail = [];
   if (matches.length > shown.length) {
-    blocks.push(h("p", { class: "muted" }, `…and ${matches.length - shown.length} more; filter to narrow`));
+    tail.push(h("p", { class: "muted" }, `…and ${matches.length - shown.length} more; filter to narrow`));
   }
-  if (!blocks.length) blocks.push(h("p", { class: "empty", text: d.tasks.length ? "no task matches" : "no task-scoped allocations" }));
-  box.replaceChildren(...blocks);
+  if (!shown.length) {
+    tail.push(h("p", { class: "empty", text: d.tasks.length ? "no task matches" : "no task-scoped allocations" }));
+  }
+  reconcile(
+    $("tasks"),
+    shown,
+    (t) => t.tid,
+    (t) => `${t.allocs.map(allocSig).join("|")}#${model.sessions.size}`,
+    (t) =>
+      h(
+        "div",
+        { class: "task", "data-testid": `task-${t.tid}` },
+        h(
+          "div",
+          { class: "task-head" },
+          h("b", null, `tid ${t.tid}`),
+          h("span", { class: "muted" }, ` ${t.allocs.length} allocation${t.allocs.length === 1 ? "" : "s"}`),
+        ),
+        h("ul", { class: "alloc-list" }, ...t.allocs.map((a) => allocLine(a, h("span", { class: "regs", text: regsText(a) })))),
+      ),
+    tail,
+  );
 }
 
 function renderWaiting(d) {
-  const box = $("waiting");
   $("waiting-count").textContent = d.waiting.length ? `(${d.waiting.length})` : "";
-  const shown = d.waiting.slice(0, LIST_LIMIT);
-  const items = shown.map((a, i) => {
-    const blockers = ui.blockers.get(a.id);
-    return h(
-      "li",
-      {
-        class: `wait-item p-${priorityClass(a.priority)}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
-        "data-testid": "waiting-item",
-        "data-allocation": a.id,
-        tabindex: "0",
-        role: "button",
-      },
-      h("span", { class: "pos", text: `${i + 1}.` }),
-      h(
-        "div",
-        { class: "wait-main" },
-        h("span", { class: "swatch" }),
-        h("span", { class: "label", text: a.label || a.id }),
-        h("span", { class: "muted", text: `${a.id} · p${a.priority} (${priorityClass(a.priority)})` }),
-        a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
-      ),
-      h(
-        "div",
-        { class: "wait-sub muted" },
-        h("span", { class: "mono", text: fmtRange(a) }),
-        ` · ${fmtScope(a.scope)} · ${model.sessionName(a.session)}`,
-        a.reason ? ` · ${a.reason}` : "",
-        blockers?.length ? ` · blocked by ${blockers.join(", ")}` : "",
-      ),
-    );
-  });
+  const shown = d.waiting.slice(0, LIST_LIMIT); // positions are a CSS counter
+  const tail = [];
   if (d.waiting.length > shown.length) {
-    items.push(h("li", { class: "muted" }, `…and ${d.waiting.length - shown.length} more`));
+    tail.push(h("li", { class: "muted" }, `…and ${d.waiting.length - shown.length} more`));
   }
-  if (!items.length) items.push(h("li", { class: "empty", text: "nobody is waiting" }));
-  box.replaceChildren(...items);
+  if (!shown.length) tail.push(h("li", { class: "empty", text: "nobody is waiting" }));
+  reconcile(
+    $("waiting"),
+    shown,
+    (a) => a.id,
+    (a) => `${allocSig(a)}:${ui.blockers.get(a.id)?.join(",") ?? ""}:${model.sessionName(a.session)}`,
+    (a) => {
+      const blockers = ui.blockers.get(a.id);
+      return h(
+        "li",
+        {
+          class: `wait-item p-${priorityClass(a.priority)}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+          "data-testid": "waiting-item",
+          "data-allocation": a.id,
+          tabindex: "0",
+          role: "button",
+        },
+        h(
+          "div",
+          { class: "wait-main" },
+          h("span", { class: "swatch" }),
+          h("span", { class: "label", text: a.label || a.id }),
+          h("span", { class: "muted", text: `${a.id} · p${a.priority} (${priorityClass(a.priority)})` }),
+          a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
+        ),
+        h(
+          "div",
+          { class: "wait-sub muted" },
+          h("span", { class: "mono", text: fmtRange(a) }),
+          ` · ${fmtScope(a.scope)} · ${model.sessionName(a.session)}`,
+          a.reason ? ` · ${a.reason}` : "",
+          blockers?.length
+            ? ` · when queued, blocked by ${blockers.slice(0, 6).join(", ")}${blockers.length > 6 ? ` +${blockers.length - 6}` : ""}`
+            : "",
+        ),
+      );
+    },
+    tail,
+  );
+}
+
+function grants(s) {
+  const out = [];
+  if (s.max_priority != null && s.max_priority > 300) out.push(`max ${priorityClass(s.max_priority)}`);
+  if (s.allow_non_evictable) out.push("non-evictable");
+  if (s.allow_kernel) out.push("kernel");
+  return out.join(", ") || (s.max_priority == null ? "?" : "—");
 }
 
 function renderSessions(d) {
   const box = $("sessions");
   const list = [...model.sessions.values()].sort((a, b) => (a.expires_at ?? 0) - (b.expires_at ?? 0));
   $("sessions-count").textContent = list.length ? `(${list.length})` : "";
-  if (!list.length) {
-    box.replaceChildren(h("p", { class: "empty", text: "no open sessions" }));
-    return;
+  if (!box.querySelector("table")) {
+    box.replaceChildren(
+      h(
+        "table",
+        { class: "list" },
+        h(
+          "thead",
+          null,
+          h("tr", null, h("th", null, "id"), h("th", null, "name"), h("th", { class: "num" }, "allocs"), h("th", null, "grants"), h("th", { class: "num" }, "expires in")),
+        ),
+        h("tbody"),
+      ),
+      h("p", { class: "muted note" }),
+    );
   }
   const shown = list.slice(0, LIST_LIMIT);
-  const grants = (s) => {
-    const out = [];
-    if (s.max_priority != null && s.max_priority > 300) out.push(`max ${priorityClass(s.max_priority)}`);
-    if (s.allow_non_evictable) out.push("non-evictable");
-    if (s.allow_kernel) out.push("kernel");
-    return out.join(", ") || (s.max_priority == null ? "?" : "—");
-  };
-  const table = h(
-    "table",
-    { class: "list" },
-    h("thead", null, h("tr", null, h("th", null, "id"), h("th", null, "name"), h("th", { class: "num" }, "allocs"), h("th", null, "grants"), h("th", { class: "num" }, "expires in"))),
-    h(
-      "tbody",
-      null,
-      ...shown.map((s) =>
-        h(
-          "tr",
-          { "data-testid": `session-${s.id}`, "data-session": s.id },
-          h("td", { class: "mono" }, s.id),
-          h("td", { class: "name", text: s.name }),
-          h("td", { class: "num" }, String(d.perSession.get(s.id) ?? 0)),
-          h("td", { class: "muted" }, grants(s)),
-          h("td", { class: "num countdown", "data-expires": s.expires_at ?? "", "data-ttl": s.ttl_s ?? "" }),
-        ),
+  box.querySelector("table").hidden = !list.length;
+  box.querySelector(".note").textContent = !list.length
+    ? "no open sessions"
+    : list.length > shown.length
+      ? `…and ${list.length - shown.length} more`
+      : "";
+  const count = (s) => d.perSession.get(s.id) ?? 0;
+  reconcile(
+    box.querySelector("tbody"),
+    shown,
+    (s) => s.id,
+    (s) => `${s.name}:${count(s)}:${grants(s)}:${s.expires_at}:${s.ttl_s}`,
+    (s) =>
+      h(
+        "tr",
+        { "data-testid": `session-${s.id}`, "data-session": s.id },
+        h("td", { class: "mono" }, s.id),
+        h("td", { class: "name", text: s.name, title: s.name }),
+        h("td", { class: "num" }, String(count(s))),
+        h("td", { class: "muted" }, grants(s)),
+        h("td", { class: "num countdown", "data-expires": s.expires_at ?? "", "data-ttl": s.ttl_s ?? "" }),
       ),
-    ),
   );
-  const nodes = [table];
-  if (list.length > shown.length) nodes.push(h("p", { class: "muted" }, `…and ${list.length - shown.length} more`));
-  box.replaceChildren(...nodes);
   tickCountdowns();
 }
 
@@ -933,20 +1036,21 @@ function tickCountdowns() {
   const now = serverNow();
   let overdue = false;
   for (const el of document.querySelectorAll("#sessions .countdown")) {
-    const at = Number(el.dataset.expires);
     if (!el.dataset.expires) {
       el.textContent = "?";
       continue;
     }
-    const left = at - now;
-    el.textContent = left > 0 ? fmtDuration(left) : "renewing?";
+    const left = Number(el.dataset.expires) - now;
+    el.textContent = left > 0 ? fmtDuration(left) : left > -1 ? "0.0 s" : "renewed?";
     const ttl = Number(el.dataset.ttl) || 30;
     el.classList.toggle("soon", left < Math.min(5, ttl / 3));
-    if (left < -2) overdue = true;
+    if (left < -1) overdue = true;
   }
-  // Keepalives send no event: a lease that outlived its expiry was renewed. Re-read the state
-  // (at most every 5 s) to learn the new expiry.
-  if (overdue && conn.state === "live" && Date.now() - conn.lastResync > 5000) resync();
+  // Keepalives send no event, and the daemon expires a lease within moments of its deadline: a
+  // session still open a second after it should have expired was renewed. Re-read the state to
+  // learn its new expiry, at most every 5 s (longer when the state is large and slow to read).
+  const gap = Math.max(5000, 20 * conn.stateMs);
+  if (overdue && conn.state === "live" && Date.now() - conn.lastResync > gap) resync();
 }
 
 // ---------------------------------------------------------------- details drawer
@@ -964,6 +1068,7 @@ function lastRecord(id) {
 function select(id) {
   ui.selected = id;
   ui.evictArmed = null;
+  ui.listsDirty = true;
   scheduleRender();
 }
 
@@ -1076,31 +1181,51 @@ document.addEventListener("mouseout", (e) => hover(e.target.closest?.(".chip")?.
 
 // ---------------------------------------------------------------- render loop
 
+const RENDER_EVERY_MS = 100; // at most ten redraws a second, however fast events arrive
+
 function scheduleRender() {
   if (ui.renderQueued) return;
   ui.renderQueued = true;
   const run = () => {
     ui.renderQueued = false;
+    ui.renderedAt = performance.now();
     render();
   };
-  // rAF is paused in background tabs; a timeout keeps the page current there too.
-  if (document.hidden) setTimeout(run, 250);
-  else requestAnimationFrame(run);
+  const wait = Math.max(0, RENDER_EVERY_MS - (performance.now() - ui.renderedAt));
+  // rAF is paused in background tabs; the timeout keeps the page current there too.
+  setTimeout(() => (document.hidden ? run() : requestAnimationFrame(run)), wait);
 }
+
+const LIST_EVERY_MS = 250; // under a storm of events, lists redraw at most 4 times a second
 
 function render() {
   $("event-id").textContent = model.loaded ? `event #${model.eventId}` : "";
   renderFeed();
   if (!ui.signedIn || !model.loaded) return;
-  const d = model.derived();
-  renderGrid();
-  renderTasks(d);
-  renderWaiting(d);
-  renderSessions(d);
-  renderDetails();
+  const now = performance.now();
+  const changed = ui.drawnVersion !== model.version || ui.listsDirty;
+  if (changed) {
+    renderGrid();
+    if (now - ui.listsAt >= LIST_EVERY_MS) {
+      const d = model.derived();
+      renderTasks(d);
+      renderWaiting(d);
+      renderSessions(d);
+      renderDetails();
+      ui.listsAt = now;
+      ui.drawnVersion = model.version;
+      ui.listsDirty = false;
+    } else {
+      clearTimeout(ui.listsTimer);
+      ui.listsTimer = setTimeout(scheduleRender, LIST_EVERY_MS - (now - ui.listsAt));
+    }
+  }
 }
 
-$("tasks-filter").addEventListener("input", () => scheduleRender());
+$("tasks-filter").addEventListener("input", () => {
+  ui.listsDirty = true;
+  scheduleRender();
+});
 setInterval(tickCountdowns, 250);
 setInterval(() => {
   if (ui.signedIn) drawCharts();
@@ -1108,33 +1233,38 @@ setInterval(() => {
 
 // ---------------------------------------------------------------- boot
 
-async function boot() {
-  // A `#key=` sign-in link: take the key, and erase it from the address bar and the history
-  // entry before anything else (the fragment never reached the server).
-  let linkKey = null;
-  if (location.hash.length > 1) {
-    const params = new URLSearchParams(location.hash.slice(1));
-    linkKey = params.get("key");
-    if (linkKey !== null) history.replaceState(history.state, "", location.pathname + location.search);
+/** A `#key=` sign-in link: take the key, and erase it from the address bar and the history entry
+ * before anything else (the fragment never reached the server). */
+function takeLinkKey() {
+  if (location.hash.length <= 1) return null;
+  const key = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (key !== null) history.replaceState(history.state, "", location.pathname + location.search);
+  return key;
+}
+
+async function signInWithLink(key) {
+  try {
+    await signIn(key);
+    start();
+  } catch (err) {
+    showSignIn(
+      err instanceof HttpError && err.status === 401
+        ? "The key in the sign-in link was refused."
+        : `Sign-in failed: ${err.message}`,
+    );
   }
+}
+
+async function boot() {
+  const linkKey = takeLinkKey();
   try {
     renderHost(await api("GET", "/v1/host"));
   } catch {
     // not up yet: the connection loop reports it
   }
   if (linkKey) {
-    try {
-      await signIn(linkKey);
-      start();
-      return;
-    } catch (err) {
-      showSignIn(
-        err instanceof HttpError && err.status === 401
-          ? "The key in the sign-in link was refused."
-          : `Sign-in failed: ${err.message}`,
-      );
-      return;
-    }
+    await signInWithLink(linkKey);
+    return;
   }
   let admin = false;
   try {
@@ -1150,6 +1280,12 @@ async function boot() {
   if (admin) start();
   else showSignIn();
 }
+
+// A sign-in link opened in a tab that already shows the dashboard changes only the fragment.
+window.addEventListener("hashchange", () => {
+  const key = takeLinkKey();
+  if (key) signInWithLink(key);
+});
 
 buildLegend();
 buildTypeFilters();

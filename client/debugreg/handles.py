@@ -1,0 +1,237 @@
+"""What the sync and async handles share: the record, the handlers and the session's bookkeeping.
+
+`Allocation`/`AsyncAllocation` and `Session`/`AsyncSession` subclass these and add only the
+methods that wait (release, refresh, allocate, close...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from debugreg import api, schema
+from debugreg.events import Dispatcher, Feed, Handler, Tracked
+
+H = TypeVar("H", bound=Handler)
+
+
+def allocation_request(
+    request: schema.AllocationRequest | None, fields: Mapping[str, Any]
+) -> schema.AllocationRequest:
+    """The request of `allocate(request)` or `allocate(**fields)`."""
+    if request is None:
+        return api.build(schema.AllocationRequest, fields)
+    if fields:
+        raise TypeError("give either an AllocationRequest or its fields as keywords, not both")
+    return request
+
+
+def registers_text(record: schema.Allocation) -> str:
+    """'cpu0/dr3 cpu1/dr3': where an allocation sits, compactly."""
+    return " ".join(f"cpu{r.cpu}/{r.pool}{r.index}" for r in record.registers) or "-"
+
+
+class AllocationHandle:
+    """An allocation you hold: its latest record, and handlers for what happens to it.
+
+    The record follows the session's event stream; `release()` is how it ends.
+    """
+
+    def __init__(
+        self,
+        tracked: Tracked,
+        guard: AbstractContextManager[Any],
+        token: str | None,
+        dispatcher: Dispatcher | None,
+    ) -> None:
+        self._tracked = tracked
+        self._guard = guard
+        self._token = token
+        self._dispatcher = dispatcher  # None: no session stream follows this allocation
+
+    @property
+    def id(self) -> str:
+        return self._tracked.record.id
+
+    @property
+    def record(self) -> schema.Allocation:
+        """The latest record known: from the answer that created it, events, or `refresh()`."""
+        return self._tracked.record
+
+    @property
+    def state(self) -> schema.State:
+        return self._tracked.record.state
+
+    @property
+    def registers(self) -> list[schema.Register]:
+        return self._tracked.record.registers
+
+    @property
+    def generation(self) -> int:
+        """The fencing token of the current installation (strictly increasing host-wide)."""
+        return self._tracked.record.generation
+
+    @property
+    def installed(self) -> bool:
+        return self._tracked.record.state == "installed"
+
+    def on(self, event_type: str, handler: H) -> H:
+        """Call `handler(event)` for each `event_type` event of this allocation; returns it, so
+        it also works as a decorator."""
+        with self._guard:
+            self._tracked.add(event_type, handler)
+        return handler
+
+    def on_evicted(self, handler: H) -> H:
+        """Call `handler(event)` when this allocation is evicted."""
+        return self.on("evicted", handler)
+
+    def on_moved(self, handler: H) -> H:
+        """Call `handler(event)` when its register index changes (event `previous` says from)."""
+        return self.on("moved", handler)
+
+    def on_reinstalled(self, handler: H) -> H:
+        """Call `handler(event)` when a waiting allocation is installed again."""
+        return self.on("reinstalled", handler)
+
+    def on_hit(self, handler: H) -> H:
+        """Call `handler(event)` when the watched range is accessed."""
+        return self.on("hit", handler)
+
+    def on_expired(self, handler: H) -> H:
+        """Call `handler(event)` when the session's lease ran out and took this allocation."""
+        return self.on("expired", handler)
+
+    def _settle(self, record: schema.Allocation) -> schema.Allocation:
+        """Take a record the client read itself (release, refresh)."""
+        with self._guard:
+            self._tracked.update(record)
+            if self._dispatcher is not None:
+                self._dispatcher.settle(record)
+        return record
+
+    def __repr__(self) -> str:
+        r = self.record
+        return (
+            f"<{type(self).__name__} {r.id} {r.state} generation={r.generation} "
+            f"{registers_text(r)}>"
+        )
+
+
+class SessionHandle:
+    """A session you opened: its lease, its event stream's position and its handlers."""
+
+    def __init__(
+        self,
+        request: schema.SessionRequest,
+        handlers: Mapping[str, Handler | None],
+        *,
+        keepalive: bool,
+        guard: AbstractContextManager[Any],
+    ) -> None:
+        self.request = request
+        self.opened: schema.Session | None = None
+        self.expires_at: float | None = None
+        self.keepalives = 0
+        """Successful keepalives so far."""
+        self.closed = False
+        self.close_reason: str | None = None
+        self._keepalive = keepalive
+        self._guard = guard
+        self._feed = Feed()
+        self._dispatcher = Dispatcher()
+        for event_type, handler in handlers.items():
+            if handler is not None:
+                self._dispatcher.on(event_type, handler)
+
+    @property
+    def id(self) -> str:
+        return self._info().id
+
+    @property
+    def token(self) -> str:
+        """The session's secret: `Authorization: Bearer <token>` acts as this session."""
+        token = self._info().token
+        assert token is not None, "a session's token is shown when it opens"
+        return token
+
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+    @property
+    def ttl_s(self) -> float:
+        return self.request.ttl_s
+
+    @property
+    def last_event_id(self) -> int | None:
+        """The last event of this session's stream handled (what a reconnect resumes after)."""
+        return self._feed.last_event_id
+
+    @property
+    def resets(self) -> int:
+        """How often the daemon said `reset` and the state was re-read instead."""
+        return self._feed.resets
+
+    def on(self, event_type: str, handler: H) -> H:
+        """Call `handler(event)` for each `event_type` event of any allocation of this session
+        (also `session_closed` and `reset`); returns it, so it works as a decorator."""
+        with self._guard:
+            self._dispatcher.on(event_type, handler)
+        return handler
+
+    def on_evicted(self, handler: H) -> H:
+        """Call `handler(event)` whenever one of this session's allocations is evicted."""
+        return self.on("evicted", handler)
+
+    def on_moved(self, handler: H) -> H:
+        """Call `handler(event)` whenever one of its allocations changes register index."""
+        return self.on("moved", handler)
+
+    def on_reinstalled(self, handler: H) -> H:
+        """Call `handler(event)` whenever one of its waiting allocations is installed again."""
+        return self.on("reinstalled", handler)
+
+    def on_hit(self, handler: H) -> H:
+        """Call `handler(event)` whenever a range it watches is accessed."""
+        return self.on("hit", handler)
+
+    def on_expired(self, handler: H) -> H:
+        """Call `handler(event)` for each allocation the lease's expiry took."""
+        return self.on("expired", handler)
+
+    def _info(self) -> schema.Session:
+        if self.opened is None:
+            raise RuntimeError("the session is not open yet: use it as a context manager")
+        return self.opened
+
+    def _keepalive_delay(self, ok: bool) -> float:
+        # A third of the TTL leaves two more tries before the lease runs out; after a failure
+        # (daemon restarting) try again sooner.
+        return self.request.ttl_s / (3 if ok else 6)
+
+    def _started(self, opened: schema.Session, since: int) -> None:
+        self.opened = opened
+        self.expires_at = opened.expires_at
+        # Everything after `since` concerns this session, so nothing is missed even if the
+        # stream connects after the first allocation.
+        self._feed.last_event_id = since
+
+    def _kept(self, keepalive: schema.Keepalive) -> None:
+        self.expires_at = keepalive.expires_at
+        self.keepalives += 1
+
+    def _ended(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+
+    def _stream(self) -> api.Stream:
+        return api.session_events(self.id, self.token)
+
+    def __repr__(self) -> str:
+        if self.opened is None:
+            return f"<{type(self).__name__} {self.request.name!r} (not open)>"
+        state = f"closed ({self.close_reason})" if self.closed else "open"
+        return f"<{type(self).__name__} {self.id} {self.name!r} {state}>"
