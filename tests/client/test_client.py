@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-import debugreg
 from debugreg import Client, InvalidRequest, NotFound, Refused, Session, Unauthorized
 from tests.client.conftest import WAIT_S, Recorder, wait_until
 from tests.support.daemon import Daemon
@@ -80,8 +79,8 @@ def test_the_issue_example_works_verbatim(
 def test_the_readme_example_prints_the_eviction(
     shared_daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    snippet = (Path(debugreg.__file__).parent / "README-snippet.md").read_text()
-    code = snippet.split("```python\n")[1].split("```")[0]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("```python\n")[1].split("```")[0]
     code = code.replace("http://127.0.0.1:8765", shared_daemon.url)
     runner = threading.Thread(target=exec, args=(code, {}), daemon=True)
     runner.start()
