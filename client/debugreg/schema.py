@@ -82,9 +82,10 @@ EventType = Literal[
 
 
 class Strict(BaseModel):
-    """Request bodies: unknown fields are an error, so a typo is not silently ignored."""
+    """Request bodies: unknown fields are an error, so a typo is not silently ignored, and types
+    are strict, so `true` is not a thread id and `"8"` is not a length."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TaskScope(Strict):

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import signal
 import sys
 from types import FrameType
 
@@ -54,6 +55,10 @@ class Server(uvicorn.Server):
             if callable(callback):
                 callback()
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # SIGTERM is the orderly stop: once shut down cleanly, exit 0 rather than having
+            # uvicorn re-raise the signal (SIGINT is still re-raised, as shells expect).
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
 def serve(settings: Settings) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 
 from debugreg import schema
@@ -46,7 +46,7 @@ async def cpu(cpu: int, d: DaemonDep, who: AdminDep) -> dict[str, Any]:
 
 
 @router.get("/tasks/{tid}", summary="A task's allocations and indices (admin)", responses=PROBLEMS)
-async def task(tid: int, d: DaemonDep, who: AdminDep) -> dict[str, Any]:
+async def task(tid: Annotated[int, Path(gt=0)], d: DaemonDep, who: AdminDep) -> dict[str, Any]:
     view = d.arbiter.task_view(tid)
     view["allocations"] = [wire.record(a) for a in view["allocations"]]
     return view

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from debugregd import __version__
 from debugregd.api import admin, allocations, dashboard, errors, events, monitoring, sessions
 from debugregd.api.context import Daemon
+from debugregd.api.limits import BodyLimit
 from debugregd.backends.base import Backend
 from debugregd.config import Settings
 from debugregd.core import Arbiter, make_profile
@@ -147,10 +148,10 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
             "session token>`. Errors are RFC 9457 `application/problem+json`."
         ),
         lifespan=lifespan,
-        max_body_size=settings.max_body,
     )
     app.state.daemon = daemon
     errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body)
     for module in (sessions, allocations, events, admin, monitoring, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC, check_dir=False), name="static")

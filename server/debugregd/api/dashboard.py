@@ -53,7 +53,7 @@ async def login(body: Login, d: DaemonDep) -> Response:
 @router.post("/v1/auth/logout", status_code=204, summary="Sign out of the dashboard")
 async def logout() -> Response:
     response = Response(status_code=204)
-    response.delete_cookie(COOKIE, path="/")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 

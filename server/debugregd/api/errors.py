@@ -111,10 +111,7 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
-    hints = {
-        404: f"no route {request.url.path}; see /docs for the API",
-        413: "the request body is larger than the daemon accepts (--max-body)",
-    }
+    hints = {404: f"no route {request.url.path}; see /docs for the API"}
     return problem(
         exc.status_code,
         titles.get(exc.status_code, "HTTP error").lower().replace(" ", "-"),

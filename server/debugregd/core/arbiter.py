@@ -131,7 +131,9 @@ class Arbiter:
         self.sessions[session.id] = session
         heapq.heappush(self._expiry, (session.expires_at, session.id))
         self._begin()
-        self._emit("session_opened", now, session.id, data={"name": name, "ttl_s": ttl_s})
+        record = session.to_dict()
+        del record["id"], record["allocations"]
+        self._emit("session_opened", now, session.id, data=record)
         return session, self._end(now)
 
     def keepalive(self, session_id: str, now: float) -> Session:
