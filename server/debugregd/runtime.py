@@ -100,8 +100,19 @@ class Runtime:
         return arbiter, replayed
 
     def start(self) -> None:
-        """Give every lease a grace period and start the sweepers."""
-        self.stage({"op": "grace", "now": self.clock()})
+        """Re-arm what the journal says is installed, give every lease a grace period, and start
+        the sweepers."""
+        now = self.clock()
+        installed = [
+            Event.about(self.arbiter.event_id, "installed", now, alloc)
+            for alloc in self.arbiter.allocations.values()
+            if alloc.watchpoint is not None
+        ]
+        for failure in self.backend.apply(installed):
+            asyncio.get_running_loop().create_task(
+                self._evict_failed(failure.allocation, failure.reason)
+            )
+        self.stage({"op": "grace", "now": now})
         self._tasks.append(asyncio.create_task(self._sweep_expiry(), name="expiry-sweeper"))
         self._tasks.append(asyncio.create_task(self._poll_backend(), name="backend-poller"))
 

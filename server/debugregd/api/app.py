@@ -19,7 +19,7 @@ from debugregd import __version__
 from debugregd.api import admin, allocations, dashboard, errors, events, monitoring, sessions
 from debugregd.api.context import Daemon
 from debugregd.api.limits import BodyLimit
-from debugregd.backends.base import Backend
+from debugregd.backends import make_backend
 from debugregd.config import Settings
 from debugregd.core import Arbiter, make_profile
 from debugregd.hub import EventHub
@@ -32,16 +32,6 @@ log = logging.getLogger("debugregd")
 
 class StartupError(RuntimeError):
     """The daemon cannot start as configured; the message says why and what to do."""
-
-
-def make_backend(name: str) -> Backend:
-    if name == "perf":
-        from debugregd.backends.perf import PerfBackend
-
-        return PerfBackend()
-    from debugregd.backends.sim import SimBackend
-
-    return SimBackend()
 
 
 def host_config(settings: Settings) -> dict[str, object]:
@@ -107,7 +97,7 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         arbiter,
         journal,
         hub,
-        make_backend(settings.backend),
+        make_backend(settings.backend, arbiter.profile, arbiter.ncpus),
         retention=settings.retention,
         metrics=metrics,
     )

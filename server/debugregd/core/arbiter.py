@@ -35,6 +35,23 @@ from debugregd.core.profiles import Access, Profile, Space, make_profile, x86_64
 from debugregd.core.states import LIVE, TERMINAL, State, Trigger, next_state
 from debugregd.core.watch import Chunk
 
+# Enum members bound once: on Python 3.11 each `State.INSTALLED` lookup costs ~200 ns, and
+# the hot path takes a dozen of them per operation.
+ACCESS_EXEC = Access.EXEC
+ACCESS_WRITE = Access.WRITE
+EVICT_TO_WAIT = OnEvict.WAIT
+KIND_TASK = ScopeKind.TASK
+SPACE_KERNEL = Space.KERNEL
+SPACE_USER = Space.USER
+INSTALLED = State.INSTALLED
+WAITING = State.WAITING
+ON_ADMIT = Trigger.ADMIT
+ON_EVICT = Trigger.EVICT
+ON_EVICT_TO_WAIT = Trigger.EVICT_TO_WAIT
+ON_EXPIRE = Trigger.EXPIRE
+ON_QUEUE = Trigger.QUEUE
+ON_REINSTALL = Trigger.REINSTALL
+ON_RELEASE = Trigger.RELEASE
 MAX_BLOCKERS = 16
 HIT_ACCESSES = ("exec", "read", "write")
 
@@ -100,6 +117,10 @@ class Arbiter:
         self._baseline: dict[Watchpoint, dict[int, tuple[int, ...]]] = {}
         self._freed: set[str] = set()
         self._held_back: set[str] = set()
+        self._announced: dict[str, dict[int, tuple[int, ...]]] = {}
+        # Budgets to reconsider at the next operation: an admin requeued a waiter there that
+        # the evicting operation itself must not reinstall. Part of the state (snapshotted).
+        self._recheck: set[str] = set()
 
     # ------------------------------------------------------------------ sessions
 
@@ -139,6 +160,10 @@ class Arbiter:
     def keepalive(self, session_id: str, now: float) -> Session:
         """Renew a lease for another TTL. Causes no event."""
         session = self.session(session_id)
+        if session.expires_at <= now:
+            # The lease already ran out; the next tick expires it. Renewing it now would make
+            # the outcome depend on whether the sweeper happened to run first.
+            raise NotFound(f"session {session_id!r} expired at {session.expires_at}")
         session.expires_at = now + session.ttl_s
         heapq.heappush(self._expiry, (session.expires_at, session.id))
         return session
@@ -147,7 +172,7 @@ class Arbiter:
         """End a session and release everything it held."""
         session = self.session(session_id)
         self._begin()
-        self._end_session(session, now, Trigger.RELEASE, "closed")
+        self._end_session(session, now, ON_RELEASE, "closed")
         return self._end(now)
 
     def tick(self, now: float) -> list[Event]:
@@ -159,7 +184,7 @@ class Arbiter:
             session = self.sessions.get(sid)
             if session is None or session.expires_at != at:
                 continue  # closed, or renewed since: a stale heap entry
-            self._end_session(session, now, Trigger.EXPIRE, "expired")
+            self._end_session(session, now, ON_EXPIRE, "expired")
         return self._end(now)
 
     def next_expiry(self) -> float | None:
@@ -204,7 +229,7 @@ class Arbiter:
             self._evict_all(
                 plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
             )
-            self._install(alloc, cpus, budget, Trigger.ADMIT, now, key)
+            self._install(alloc, cpus, budget, ON_ADMIT, now, key)
         else:
             self._queue(alloc, now, plan.blockers)
         return alloc, self._end(now)
@@ -217,14 +242,14 @@ class Arbiter:
         self._check_owner(alloc, session_id)
         self._begin()
         if alloc.state in LIVE:
-            self._finish(alloc, Trigger.RELEASE, now, "released by owner")
+            self._finish(alloc, ON_RELEASE, now, "released by owner")
         return alloc, self._end(now)
 
     def evict(self, allocation_id: str, now: float, reason: str) -> tuple[Allocation, list[Event]]:
         """Take an installed allocation away (admin). With on_evict: wait it is requeued, but
         not reinstalled by the same operation."""
         alloc = self.allocation(allocation_id)
-        if alloc.state is not State.INSTALLED:
+        if alloc.state is not INSTALLED:
             shown = "new" if alloc.state is None else alloc.state.value
             raise InvalidTransition(
                 f"allocation {alloc.id} is {shown}, not installed; only installed ones are evicted",
@@ -249,9 +274,9 @@ class Arbiter:
         chosen = [
             a
             for a in self.allocations.values()
-            if a.state is State.INSTALLED
+            if a.state is INSTALLED
             and (cpu is None or (a.watchpoint is not None and cpu in a.watchpoint.indices))
-            and (tid is None or (a.scope.kind is ScopeKind.TASK and a.scope.tid == tid))
+            and (tid is None or (a.scope.kind is KIND_TASK and a.scope.tid == tid))
             and (below_priority is None or a.priority < below_priority)
         ]
         self._begin()
@@ -313,7 +338,7 @@ class Arbiter:
             for n, aid in old.items()
             if n not in keep and aid in self.allocations
         ]
-        key = self._budget_key(self.profile.data_pool, Space.USER)
+        key = self._budget_key(self.profile.data_pool, SPACE_USER)
         budget = self.budgets[key]
         exclude = [
             a.watchpoint
@@ -321,12 +346,22 @@ class Arbiter:
             if a.watchpoint is not None and len(a.watchpoint.holders) == 1
         ]
         going = set(exclude)
-        weight = 0
+        needed: set[tuple[Any, ...]] = set()  # identical DRs share one register
         for s in wanted:
             share = self._share_key(key, tid, self.all_cpus, ((s.address, s.length),), s.access)
             existing = self._shared.get(share)
             if existing is None or existing in going:
-                weight += 1
+                needed.add(share)
+        weight = len(needed)
+        kept = {
+            self._share_key(key, tid, self.all_cpus, a.chunks, a.access)
+            for a in (self.allocations[i] for i in keep.values())
+        }
+        if len(needed | kept) > budget.slots:
+            raise InvalidRequest(
+                f"dr7 enables {len(needed | kept)} different watchpoints but this host has "
+                f"{budget.slots} debug registers"
+            )
         plan = eviction.plan_task(budget, tid, self.all_cpus, weight, Priority.PTRACE, exclude)
         if not plan.fits:
             raise Refused(
@@ -335,7 +370,7 @@ class Arbiter:
             )
         self._begin()
         for alloc in dropped:
-            self._finish(alloc, Trigger.RELEASE, now, "replaced by a debug register write")
+            self._finish(alloc, ON_RELEASE, now, "replaced by a debug register write")
         self._evict_all(plan.victims, now, f"evicted by a ptrace write for task {tid}")
         if raw is None:
             raw = self.raw[tid] = RawTask(tid, session_id)
@@ -348,16 +383,16 @@ class Arbiter:
                 slot.access,
                 int(Priority.PTRACE),
                 True,
-                OnEvict.WAIT,
+                EVICT_TO_WAIT,
                 False,
                 f"ptrace DR{slot.index}",
             )
             chunks = ((slot.address, slot.length),)
             alloc = self._new_allocation(
-                session, request, self.profile.data_pool, Space.USER, chunks, now
+                session, request, self.profile.data_pool, SPACE_USER, chunks, now
             )
             share = self._share_key(key, tid, self.all_cpus, chunks, slot.access)
-            self._install(alloc, self.all_cpus, budget, Trigger.ADMIT, now, share)
+            self._install(alloc, self.all_cpus, budget, ON_ADMIT, now, share)
             raw.allocations[slot.index] = alloc.id
         raw.allocations = dict(sorted(raw.allocations.items()))
         return self._end(now)
@@ -407,7 +442,7 @@ class Arbiter:
     def report_hit(self, allocation_id: str, now: float, data: dict[str, Any]) -> list[Event]:
         """A hit a hardware backend observed on an installed allocation."""
         alloc = self.allocation(allocation_id)
-        if alloc.state is not State.INSTALLED:
+        if alloc.state is not INSTALLED:
             return []
         self._begin()
         self._emit("hit", now, alloc.session, alloc, data)
@@ -445,7 +480,7 @@ class Arbiter:
         allocs = [
             a.to_dict()
             for a in self.allocations.values()
-            if a.scope.kind is ScopeKind.TASK and a.scope.tid == tid
+            if a.scope.kind is KIND_TASK and a.scope.tid == tid
         ]
         return {"tid": tid, "allocations": allocs}
 
@@ -478,6 +513,7 @@ class Arbiter:
                 for wp in sorted(wps, key=lambda w: w.seq)
             ],
             "raw": [r.to_dict() for r in self.raw.values()],
+            "recheck": sorted(self._recheck),
         }
 
     @classmethod
@@ -513,7 +549,7 @@ class Arbiter:
         for item in data["allocations"]:
             alloc = _alloc_from_state(item)
             arb.allocations[alloc.id] = alloc
-            if alloc.state is State.WAITING:
+            if alloc.state is WAITING:
                 insort(arb._waiting, (-alloc.priority, alloc.seq, alloc.id))
         for item in data["history"]:
             alloc = _alloc_from_state(item)
@@ -523,10 +559,10 @@ class Arbiter:
             first = holders[0]
             budget = arb.budgets[arb._budget_key(first.pool, first.space)]
             cpus = arb._cpus_of(first.scope)
-            tid = first.scope.tid if first.scope.kind is ScopeKind.TASK else None
+            tid = first.scope.tid if first.scope.kind is KIND_TASK else None
             key = arb._share_key(budget.name, first.scope.tid, cpus, first.chunks, first.access)
             wp = Watchpoint(
-                key, budget.name, tid, cpus, first.weight, first.space is Space.KERNEL, w["seq"]
+                key, budget.name, tid, cpus, first.weight, first.space is SPACE_KERNEL, w["seq"]
             )
             wp.holders.extend(holders)
             for alloc in holders:
@@ -534,6 +570,7 @@ class Arbiter:
             arb._shared[key] = wp
             budget.add(wp)
             registers.assign(budget, wp, lambda _wp: None)
+        arb._recheck = set(data.get("recheck", ()))
         for r in data["raw"]:
             arb.raw[r["tid"]] = RawTask(
                 r["tid"],
@@ -580,7 +617,7 @@ class Arbiter:
                     "evictable: false needs the allow_non_evictable grant, which only the admin "
                     "key can give when the session opens"
                 )
-            if space is Space.KERNEL and not session.allow_kernel:
+            if space is SPACE_KERNEL and not session.allow_kernel:
                 raise Forbidden(
                     f"0x{request.address:x} is a kernel-space address; watching it needs the "
                     "allow_kernel grant, which only the admin key can give"
@@ -659,26 +696,39 @@ class Arbiter:
     # ------------------------------------------------------------------ internals: mutation
 
     def _begin(self) -> None:
-        self._events = []
-        self._baseline = {}
-        self._freed = set()
-        self._held_back = set()
+        self._events = []  # handed to the caller at the end: always a new list
+        if self._baseline:
+            self._baseline.clear()
+        if self._announced:
+            self._announced.clear()
+        if self._held_back:
+            self._held_back.clear()
+        if self._freed:
+            self._freed.clear()
+        if self._recheck:
+            self._freed.update(self._recheck)
+            self._recheck.clear()
 
     def _end(self, now: float) -> list[Event]:
         if self._freed and self._waiting:
             self._serve_waiters(now)
+        announced = self._announced
         for wp, before in self._baseline.items():
-            if wp.holders and wp.indices != before:
-                previous = [
-                    {"cpu": c, "pool": wp.holders[0].pool, "index": i}
-                    for c, ix in before.items()
-                    for i in ix
-                ]
-                for alloc in wp.holders:
+            for alloc in wp.holders:
+                # An allocation installed in this operation was announced with the indices it
+                # had then; every other holder last heard of `before`.
+                seen = announced.get(alloc.id, before)
+                if wp.indices != seen:
+                    previous = [
+                        {"cpu": c, "pool": alloc.pool, "index": i}
+                        for c, held in seen.items()
+                        for i in held
+                    ]
                     self._emit("moved", now, alloc.session, alloc, {"previous": previous})
         events = self._events
         self._events = []
-        self._baseline = {}
+        self._baseline.clear()
+        announced.clear()
         return events
 
     def _note_change(self, wp: Watchpoint) -> None:
@@ -742,9 +792,9 @@ class Arbiter:
         wp = self._shared.get(key)
         if wp is None:
             self._seq += 1
-            tid = alloc.scope.tid if alloc.scope.kind is ScopeKind.TASK else None
+            tid = alloc.scope.tid if alloc.scope.kind is KIND_TASK else None
             wp = Watchpoint(
-                key, budget.name, tid, cpus, alloc.weight, alloc.space is Space.KERNEL, self._seq
+                key, budget.name, tid, cpus, alloc.weight, alloc.space is SPACE_KERNEL, self._seq
             )
             self._shared[key] = wp
             budget.add(wp)
@@ -754,13 +804,11 @@ class Arbiter:
         else:
             wp.holders.append(alloc)
             alloc.watchpoint = wp
-        self._emit(
-            "installed" if trigger is Trigger.ADMIT else "reinstalled", now, alloc.session, alloc
-        )
-        self._baseline[wp] = dict(wp.indices)  # what the event just announced
+        self._emit("installed" if trigger is ON_ADMIT else "reinstalled", now, alloc.session, alloc)
+        self._announced[alloc.id] = dict(wp.indices)  # what the event just told its owner
 
     def _queue(self, alloc: Allocation, now: float, blockers: list[Watchpoint]) -> None:
-        alloc.state = next_state(alloc.state, Trigger.QUEUE)
+        alloc.state = next_state(alloc.state, ON_QUEUE)
         alloc.updated_at = now
         insort(self._waiting, (-alloc.priority, alloc.seq, alloc.id))
         self._emit("waiting", now, alloc.session, alloc, {"blockers": self._name(blockers)})
@@ -772,6 +820,9 @@ class Arbiter:
         assert wp is not None
         alloc.watchpoint = None
         wp.holders.remove(alloc)
+        # Even when others still hold it, the register may now be weaker (lower priority, or
+        # evictable), so waiters of this budget are reconsidered.
+        self._freed.add(wp.pool)
         if wp.holders:
             return
         budget = self.budgets[wp.pool]
@@ -786,14 +837,14 @@ class Arbiter:
         """Move a live allocation to a terminal state (released or expired)."""
         state = alloc.state
         alloc.state = next_state(state, trigger)
-        if state is State.INSTALLED:
+        if state is INSTALLED:
             self._detach(alloc)
         else:
             self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
         alloc.updated_at = now
         alloc.reason = reason
         self._retire(alloc)
-        self._emit(alloc.state.value, now, alloc.session, alloc)
+        self._emit(alloc.state, now, alloc.session, alloc)
 
     def _retire(self, alloc: Allocation) -> None:
         del self.allocations[alloc.id]
@@ -811,8 +862,8 @@ class Arbiter:
                 self._evict_one(alloc, now, reason, admin=False)
 
     def _evict_one(self, alloc: Allocation, now: float, reason: str, *, admin: bool) -> None:
-        requeue = alloc.on_evict is OnEvict.WAIT
-        alloc.state = next_state(alloc.state, Trigger.EVICT_TO_WAIT if requeue else Trigger.EVICT)
+        requeue = alloc.on_evict is EVICT_TO_WAIT
+        alloc.state = next_state(alloc.state, ON_EVICT_TO_WAIT if requeue else ON_EVICT)
         self._detach(alloc)
         alloc.updated_at = now
         alloc.reason = reason
@@ -820,6 +871,7 @@ class Arbiter:
             insort(self._waiting, (-alloc.priority, alloc.seq, alloc.id))
             if admin:
                 self._held_back.add(alloc.id)
+                self._recheck.add(self._budget_key(alloc.pool, alloc.space))
         else:
             self._retire(alloc)
         self._emit("evicted", now, alloc.session, alloc, {"reason": reason})
@@ -841,7 +893,7 @@ class Arbiter:
             freed, self._freed = self._freed, set()
             for _, _, aid in list(self._waiting):
                 alloc = self.allocations.get(aid)
-                if alloc is None or alloc.state is not State.WAITING or aid in self._held_back:
+                if alloc is None or alloc.state is not WAITING or aid in self._held_back:
                     continue
                 key = self._budget_key(alloc.pool, alloc.space)
                 if key not in freed:
@@ -849,7 +901,7 @@ class Arbiter:
                 budget = self.budgets[key]
                 cpus = self._cpus_of(alloc.scope)
                 share = self._share_key(key, alloc.scope.tid, cpus, alloc.chunks, alloc.access)
-                tid = alloc.scope.tid if alloc.scope.kind is ScopeKind.TASK else None
+                tid = alloc.scope.tid if alloc.scope.kind is KIND_TASK else None
                 plan = (
                     eviction.FIT
                     if share in self._shared
@@ -861,13 +913,13 @@ class Arbiter:
                 self._evict_all(
                     plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
                 )
-                self._install(alloc, cpus, budget, Trigger.REINSTALL, now, share)
+                self._install(alloc, cpus, budget, ON_REINSTALL, now, share)
 
 
 def _triggers(watched: Access, kind: str) -> bool:
-    if watched is Access.EXEC:
+    if watched is ACCESS_EXEC:
         return kind == "exec"
-    if watched is Access.WRITE:
+    if watched is ACCESS_WRITE:
         return kind == "write"
     return kind in ("read", "write")
 

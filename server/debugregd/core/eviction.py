@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 
 from debugregd.core.admission import PoolBudget
 from debugregd.core.model import Watchpoint
 
-# Up to this many candidates the search over subsets is exhaustive (C(12, 6) = 924 subsets at
-# worst); beyond it a greedy cover, pruned of redundant victims, is used instead.
-EXACT_LIMIT = 12
+# The exact search for the cheapest victim set gives up after visiting this many subsets and falls
+# back to a greedy cover (pruned of redundant victims): a bound on the time one decision may take.
+SEARCH_BUDGET = 20_000
 
 
 @dataclass(slots=True)
@@ -61,17 +60,64 @@ def _covers(victims: Iterable[Watchpoint], needs: dict[int, int]) -> bool:
     return True
 
 
+def _exact_cover(ranked: list[Watchpoint], needs: dict[int, int]) -> list[Watchpoint] | None:
+    """The cheapest cover by iterative deepening on its size, with a capacity bound; None when
+    the search budget runs out first."""
+    n = len(ranked)
+    cpus = list(needs)
+    # suffix[i][j]: registers candidates ranked[i:] free on cpus[j] (the pruning bound).
+    suffix = [[0] * len(cpus) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        wp = ranked[i]
+        for j, c in enumerate(cpus):
+            suffix[i][j] = suffix[i + 1][j] + (wp.weight if c in wp.indices else 0)
+    visited = 0
+    best: list[Watchpoint] | None = None
+    best_cost: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None
+    chosen: list[Watchpoint] = []
+
+    def search(start: int, left: list[int], size: int) -> bool:
+        nonlocal visited, best, best_cost
+        visited += 1
+        if visited > SEARCH_BUDGET:
+            return False
+        if all(x <= 0 for x in left):
+            cost = _cost(chosen)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = list(chosen), cost
+            return True
+        if len(chosen) == size or any(x > 0 and suffix[start][j] < x for j, x in enumerate(left)):
+            return True
+        for i in range(start, n):
+            wp = ranked[i]
+            helps = [c in wp.indices and left[j] > 0 for j, c in enumerate(cpus)]
+            if not any(helps):
+                continue  # a victim that frees nothing needed only adds cost
+            chosen.append(wp)
+            ok = search(
+                i + 1, [x - wp.weight if h else x for x, h in zip(left, helps, strict=True)], size
+            )
+            chosen.pop()
+            if not ok:
+                return False
+        return True
+
+    start = [needs[c] for c in cpus]
+    for size in range(1, n + 1):
+        if not search(0, start, size):
+            return None
+        if best is not None:
+            return best
+    return None
+
+
 def _cheapest_cover(candidates: list[Watchpoint], needs: dict[int, int]) -> list[Watchpoint]:
-    """The cheapest subset of `candidates` freeing `needs[cpu]` registers on each CPU."""
+    """The cheapest subset of `candidates` freeing `needs[cpu]` registers on each CPU (the caller
+    checked that all of them together suffice)."""
     ranked = sorted(candidates, key=_preference)
-    if len(ranked) <= EXACT_LIMIT:
-        for size in range(1, len(ranked) + 1):
-            best: tuple[Watchpoint, ...] | None = None
-            for combo in combinations(ranked, size):
-                if _covers(combo, needs) and (best is None or _cost(combo) < _cost(best)):
-                    best = combo
-            if best is not None:
-                return list(best)
+    exact = _exact_cover(ranked, needs)
+    if exact is not None:
+        return exact
     chosen: list[Watchpoint] = []
     remaining = dict(needs)
     while remaining:
@@ -134,19 +180,16 @@ def plan_task(
     return Plan(True, victims=_cheapest_cover(pool, needs))
 
 
-def _take(wps: Iterable[Watchpoint], amount: int, priority: int) -> list[Watchpoint] | None:
-    """Fewest evictable watchpoints freeing `amount` registers (largest first), or None."""
-    chosen: list[Watchpoint] = []
-    eligible = sorted(
-        (wp for wp in wps if may_evict(wp, priority)),
-        key=lambda wp: (-wp.weight, wp.priority, -wp.seq),
-    )
-    for wp in eligible:
-        if amount <= 0:
-            break
-        chosen.append(wp)
-        amount -= wp.weight
-    return chosen if amount <= 0 else None
+def _take(
+    wps: Iterable[Watchpoint], amount: int, priority: int, cpu: int
+) -> list[Watchpoint] | None:
+    """The cheapest evictable watchpoints freeing `amount` registers on `cpu`, or None."""
+    if amount <= 0:
+        return []
+    eligible = [wp for wp in wps if may_evict(wp, priority)]
+    if sum(wp.weight for wp in eligible) < amount:
+        return None
+    return _cheapest_cover(eligible, {cpu: amount})
 
 
 def _plan_one_cpu(
@@ -177,7 +220,9 @@ def _plan_one_cpu(
     for level in range(min(top, room), -1, -1):
         # Bring every task on this CPU down to `level`, and CPU holders to `room - level`.
         victims = (
-            [] if cpu_used + level <= room else _take(cpu_wps, cpu_used + level - room, priority)
+            []
+            if cpu_used + level <= room
+            else _take(cpu_wps, cpu_used + level - room, priority, cpu)
         )
         if victims is None:
             continue  # a lower level leaves more room for CPU holders
@@ -187,7 +232,7 @@ def _plan_one_cpu(
             if excess <= 0:
                 continue
             own = [wp for wp in budget.task_wps[tid][cpu] if wp not in taken]
-            cut = _take(own, excess, priority)
+            cut = _take(own, excess, priority, cpu)
             if cut is None:
                 trimmed = None
                 break
@@ -223,4 +268,15 @@ def plan_cpu(budget: PoolBudget, cpus: tuple[int, ...], weight: int, priority: i
             return plan
         for wp in plan.victims:
             taken[wp] = None
-    return Plan(True, victims=list(taken))
+    victims = list(taken)
+    if len(cpus) > 1:
+        # Planning CPU by CPU misses one wide holder that frees every CPU at once: when CPU
+        # holders alone can make room, compare with the cheapest cover over all the CPUs.
+        needs = {c: budget.used(c) + weight - budget.slots for c in cpus}
+        needs = {c: n for c, n in needs.items() if n > 0}
+        wide = {wp: None for c in needs for wp in budget.cpu_wps[c] if may_evict(wp, priority)}
+        if _covers(wide, needs):
+            cover = _cheapest_cover(list(wide), needs)
+            if _cost(cover) < _cost(victims):
+                victims = cover
+    return Plan(True, victims=victims)

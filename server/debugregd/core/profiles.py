@@ -22,6 +22,9 @@ class Space(StrEnum):
     KERNEL = "kernel"
 
 
+_EXEC, _USER, _KERNEL = Access.EXEC, Space.USER, Space.KERNEL  # cheap to load on the hot path
+
+
 ADDRESS_LIMIT = 1 << 64
 
 
@@ -41,7 +44,7 @@ class AddressMap:
                 f"range 0x{address:x}+{length} is outside the 64-bit address space"
             )
         if last < self.user_top:
-            return Space.USER
+            return _USER
         if address < self.user_top:
             raise InvalidRequest(
                 f"range 0x{address:x}+{length} crosses from user space into kernel space at "
@@ -52,7 +55,7 @@ class AddressMap:
                 f"range 0x{address:x}+{length} touches non-canonical addresses "
                 f"0x{self.hole_start:x}-0x{self.kernel_start - 1:x}"
             )
-        return Space.KERNEL
+        return _KERNEL
 
 
 Splitter = Callable[[int, int], tuple[Chunk, ...]]
@@ -70,9 +73,10 @@ class Profile:
     addresses: AddressMap
     split_data: Splitter = field(repr=False)
     max_data_length: int = 1 << 20  # a sanity bound; registers run out long before it
+    single_lengths: frozenset[int] = frozenset()  # aligned data lengths that take one register
 
     def pool_for(self, access: Access) -> str:
-        if access is Access.EXEC:
+        if access is _EXEC:
             if self.exec_pool is None:
                 raise InvalidRequest(
                     f"the {self.name} profile has no instruction breakpoints; use 'write' or 'rw'"
@@ -84,7 +88,7 @@ class Profile:
         """The registers a request needs, one chunk each; raises InvalidRequest with the fix."""
         if length < 1:
             raise InvalidRequest(f"length must be at least 1, got {length}")
-        if access is Access.EXEC:
+        if access is _EXEC:
             if length != self.exec_length:
                 raise InvalidRequest(
                     f"an exec breakpoint on {self.name} has length {self.exec_length}, got {length}"
@@ -95,6 +99,8 @@ class Profile:
                     f"0x{address:x} is not"
                 )
             return ((address, length),)
+        if length in self.single_lengths and not address % length:
+            return ((address, length),)  # the common case: one naturally aligned register
         if length > self.max_data_length:
             raise InvalidRequest(f"length {length} is larger than any watch could cover")
         return self.split_data(address, length)
@@ -122,6 +128,7 @@ def x86_64(dr: int = 4) -> Profile:
         exec_length=1,
         addresses=X86_64_ADDRESSES,
         split_data=lambda a, n: watch.split_power_of_two(a, n, 8),
+        single_lengths=frozenset({1, 2, 4, 8}),
     )
 
 
