@@ -32,7 +32,7 @@ from debugregd.core.model import (
     parse_priority,
 )
 from debugregd.core.profiles import Access, Profile, Space, make_profile, x86_64
-from debugregd.core.states import LIVE, TERMINAL, State, Trigger, next_state
+from debugregd.core.states import LIVE, TERMINAL, TRANSITIONS, State, Trigger, next_state
 from debugregd.core.watch import Chunk
 
 # Enum members bound once: on Python 3.11 each `State.INSTALLED` lookup costs ~200 ns, and
@@ -213,7 +213,9 @@ class Arbiter:
         Raises Refused (naming the blockers) when it does not fit even after evicting every
         strictly-lower evictable holder and the request did not ask to wait.
         """
-        session = None if session_id is None else self.session(session_id)
+        session = None
+        if session_id is not None:
+            session = self.sessions.get(session_id) or self.session(session_id)
         pool, space, chunks, cpus = self._validate(request, session)
         budget = self.budgets[pool if not self.mode_switching else f"{pool}/{space.value}"]
         tid = request.scope.tid
@@ -732,7 +734,9 @@ class Arbiter:
         return events
 
     def _note_change(self, wp: Watchpoint) -> None:
-        if wp not in self._baseline:
+        # A watchpoint placed for the first time has nothing to move from: its holders learn
+        # its indices from their `installed` event (see `_announced`).
+        if wp.indices and wp not in self._baseline:
             self._baseline[wp] = dict(wp.indices)
 
     def _emit(
@@ -784,7 +788,7 @@ class Arbiter:
         now: float,
         key: tuple[Any, ...],
     ) -> None:
-        alloc.state = next_state(alloc.state, trigger)
+        alloc.state = TRANSITIONS[(alloc.state, trigger)]  # callers only admit or reinstall
         self.generation += 1
         alloc.generation = self.generation
         alloc.updated_at = now
@@ -800,7 +804,13 @@ class Arbiter:
             budget.add(wp)
             wp.holders.append(alloc)
             alloc.watchpoint = wp
-            registers.assign(budget, wp, self._note_change)
+            note = self._note_change
+            if tid is None:
+                for c in cpus:
+                    registers.assign_cpu(budget, c, note)
+            else:
+                for c in cpus:
+                    registers.assign_task(budget, tid, c, note)
         else:
             wp.holders.append(alloc)
             alloc.watchpoint = wp

@@ -383,8 +383,7 @@ class Event:
     ) -> Event:
         """An event on `alloc`, capturing what may change so the record can be built later."""
         event = cls(id, type, at, alloc.session, None, data)
-        event._source = alloc
-        event._view = alloc.view()
+        event._source, event._view = alloc, alloc.view()
         return event
 
     @property
