@@ -417,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connection_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "loadtest",
+        help="drive many contending clients and audit the daemon (debugreg loadtest --help)",
+        add_help=False,
+    )
 
     def command(
         name: str, run: Callable[[Client, argparse.Namespace], int], help_text: str
@@ -526,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (see `debugreg --help`)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["loadtest"]:
+        from debugreg import loadtest  # heavy; only this command needs it
+
+        return loadtest.main(words[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@ writer); `debugregd openapi` prints the API document."""
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -111,6 +112,11 @@ def serve(settings: Settings) -> int:
             runtime.hub.close()
 
     server = Server(config, [end_streams])
+    # The arbiter keeps many long-lived objects; collecting the young generation less often and
+    # freezing what start-up built keeps full collections from pausing the event loop.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     try:
         server.run()
     except StartupError as exc:

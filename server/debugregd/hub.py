@@ -31,29 +31,41 @@ class EventHub:
         self.buffer = buffer
         self.recent: deque[StoredEvent] = deque(maxlen=recent)
         self.subscribers: set[Subscriber] = set()
+        # Streams by the session they follow (None: every event), so one event costs the
+        # streams that want it, not every open stream.
+        self.by_session: dict[str | None, set[Subscriber]] = {}
         self.published_id = 0
         self.disconnected_slow = 0
 
     def subscribe(self, session: str | None) -> Subscriber:
         sub = Subscriber(session, self.buffer)
         self.subscribers.add(sub)
+        self.by_session.setdefault(session, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        group = self.by_session.get(sub.session)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self.by_session[sub.session]
 
     def publish(self, events: Iterable[StoredEvent]) -> None:
+        everyone = self.by_session.get(None, ())
         for ev in events:
             self.recent.append(ev)
             self.published_id = ev.id
-            for sub in self.subscribers:
-                if sub.overflowed or (sub.session is not None and sub.session != ev.session):
-                    continue
-                try:
-                    sub.queue.put_nowait(ev)
-                except asyncio.QueueFull:
-                    sub.overflowed = True
-                    self.disconnected_slow += 1
+            own = self.by_session.get(ev.session, ()) if ev.session is not None else ()
+            for group in (everyone, own):
+                for sub in group:
+                    if sub.overflowed:
+                        continue
+                    try:
+                        sub.queue.put_nowait(ev)
+                    except asyncio.QueueFull:
+                        sub.overflowed = True
+                        self.disconnected_slow += 1
 
     def recent_after(self, event_id: int) -> list[StoredEvent] | None:
         """Events after `event_id` if the in-memory window still covers them, else None."""

@@ -65,9 +65,7 @@ async def allocate(
         alloc, committed = d.rt.apply(command)
         return 201, render(alloc, who), committed
 
-    return await idempotency.respond(
-        d, who, "/v1/allocations", idempotency_key, idempotency.fingerprint(body), produce
-    )
+    return await idempotency.respond(d, who, "/v1/allocations", idempotency_key, body, produce)
 
 
 @router.get(

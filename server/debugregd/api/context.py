@@ -64,13 +64,13 @@ class Caller:
         return None if self.session is None else self.session.id
 
 
-def daemon(request: Request) -> Daemon:
+async def daemon(request: Request) -> Daemon:
     d: Daemon = request.app.state.daemon
     return d
 
 
-def caller(request: Request) -> Caller:
-    d = daemon(request)
+async def caller(request: Request) -> Caller:
+    d: Daemon = request.app.state.daemon
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
@@ -91,18 +91,20 @@ def caller(request: Request) -> Caller:
     return Caller()
 
 
-def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+async def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
     if not who.admin:
         raise unauthorized("this needs the admin key: 'Authorization: Bearer <admin key>'")
     return who
 
 
-def session(who: Annotated[Caller, Depends(caller)]) -> Caller:
+async def session(who: Annotated[Caller, Depends(caller)]) -> Caller:
     if who.session is None and not who.admin:
         raise unauthorized("this needs a session token: open one with POST /v1/sessions")
     return who
 
 
+# The dependencies are `async def` on purpose: FastAPI runs a plain `def` in a thread pool, and
+# they read the arbiter's state, which only the event loop thread may touch.
 DaemonDep = Annotated[Daemon, Depends(daemon)]
 CallerDep = Annotated[Caller, Depends(caller)]
 AdminDep = Annotated[Caller, Depends(admin)]

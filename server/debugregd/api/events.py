@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1", tags=["events"])
 PAGE = 1000
 
 
-def resume_from(
+async def resume_from(
     since: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> int | None:
@@ -106,7 +106,7 @@ async def stream(
         hub.unsubscribe(sub)
 
 
-def session_owner(session_id: str, who: SessionDep) -> Caller:
+async def session_owner(session_id: str, who: SessionDep) -> Caller:
     owned(who, session_id)
     return who
 

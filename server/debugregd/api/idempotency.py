@@ -27,12 +27,12 @@ def _scope(who: Caller, path: str, key: str) -> str:
 
 
 async def respond(
-    d: Daemon, who: Caller, path: str, key: str | None, print_: str, produce: Produce
+    d: Daemon, who: Caller, path: str, key: str | None, request: BaseModel, produce: Produce
 ) -> JSONResponse:
     """Run `produce` once per key; its status and body are journaled with the change itself.
 
-    `print_` fingerprints the request body: a key reused with a different body is a 422, so a key
-    can never hand one request's answer (a session token, say) to a different request.
+    A key reused with a different `request` body is a 422, so a key can never hand one
+    request's answer (a session token, say) to a different request.
     """
     if key is None:
         status, body, committed = produce()
@@ -43,6 +43,7 @@ async def respond(
             422, "invalid-request", "Invalid request", "Idempotency-Key is at most 200 characters"
         )
     scoped = _scope(who, path, key)
+    print_ = fingerprint(request)
     rt = d.rt
     stored = rt.idempotency.get(scoped)
     if stored is not None:

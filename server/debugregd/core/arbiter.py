@@ -342,11 +342,15 @@ class Arbiter:
         ]
         key = self._budget_key(self.profile.data_pool, SPACE_USER)
         budget = self.budgets[key]
-        exclude = [
-            a.watchpoint
-            for a in dropped
-            if a.watchpoint is not None and len(a.watchpoint.holders) == 1
-        ]
+        # A register goes away only when every allocation sharing it is being replaced.
+        leaving = {a.id for a in dropped}
+        exclude = list(
+            {
+                a.watchpoint: None
+                for a in dropped
+                if a.watchpoint is not None and all(h.id in leaving for h in a.watchpoint.holders)
+            }
+        )
         going = set(exclude)
         needed: set[tuple[Any, ...]] = set()  # identical DRs share one register
         for s in wanted:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 
 from debugregd.core.admission import PoolBudget
 from debugregd.core.model import Watchpoint
@@ -17,6 +18,8 @@ from debugregd.core.model import Watchpoint
 # The exact search for the cheapest victim set gives up after visiting this many subsets and falls
 # back to a greedy cover (pruned of redundant victims): a bound on the time one decision may take.
 SEARCH_BUDGET = 20_000
+# Wide CPU holders considered as a group when a CPU-set request is planned (2^6 trial plans).
+WIDE_LIMIT = 6
 
 
 @dataclass(slots=True)
@@ -253,30 +256,56 @@ def _plan_one_cpu(
     return Plan(True, victims=best)
 
 
-def plan_cpu(budget: PoolBudget, cpus: tuple[int, ...], weight: int, priority: int) -> Plan:
-    """Room for `weight` CPU-held registers on every CPU of `cpus` (all or nothing).
-
-    Exact for one CPU; for a CPU set, CPUs are planned in order and a victim chosen for one CPU
-    also frees the others it covers.
-    """
-    if budget.cpu_fits(cpus, weight):
-        return FIT
-    taken: dict[Watchpoint, None] = {}
+def _plan_cpus(
+    budget: PoolBudget,
+    cpus: tuple[int, ...],
+    weight: int,
+    priority: int,
+    taken: dict[Watchpoint, None],
+) -> Plan:
+    """Plan CPU by CPU, each CPU seeing the victims already chosen (starting with `taken`)."""
+    taken = dict(taken)
     for cpu in cpus:
         plan = _plan_one_cpu(budget, cpu, weight, priority, taken)
         if not plan.fits:
             return plan
         for wp in plan.victims:
             taken[wp] = None
-    victims = list(taken)
+    return Plan(True, victims=list(taken))
+
+
+def plan_cpu(budget: PoolBudget, cpus: tuple[int, ...], weight: int, priority: int) -> Plan:
+    """Room for `weight` CPU-held registers on every CPU of `cpus` (all or nothing).
+
+    Exact for one CPU; for a CPU set, CPUs are planned in order (a victim chosen for one CPU also
+    frees the others it covers), with small sets of wide holders tried first as well.
+    """
+    if budget.cpu_fits(cpus, weight):
+        return FIT
+    plan = _plan_cpus(budget, cpus, weight, priority, {})
+    if not plan.fits:
+        return plan
+    victims = plan.victims
     if len(cpus) > 1:
-        # Planning CPU by CPU misses one wide holder that frees every CPU at once: when CPU
-        # holders alone can make room, compare with the cheapest cover over all the CPUs.
+        # Planning CPU by CPU misses wide holders that free several CPUs at once: try taking
+        # each small set of them first and keep the cheapest whole plan.
+        wide = [
+            wp
+            for wp in {w: None for c in cpus for w in budget.cpu_wps[c]}
+            if len(wp.cpus) > 1 and may_evict(wp, priority)
+        ][:WIDE_LIMIT]
+        for size in range(1, len(wide) + 1):
+            for first in combinations(wide, size):
+                trial = _plan_cpus(budget, cpus, weight, priority, dict.fromkeys(first))
+                if trial.fits and _cost(trial.victims) < _cost(victims):
+                    victims = trial.victims
+        # When CPU holders alone can make room, the cheapest cover over all the CPUs at once
+        # may beat both (it sees beyond WIDE_LIMIT wide holders).
         needs = {c: budget.used(c) + weight - budget.slots for c in cpus}
         needs = {c: n for c, n in needs.items() if n > 0}
-        wide = {wp: None for c in needs for wp in budget.cpu_wps[c] if may_evict(wp, priority)}
-        if _covers(wide, needs):
-            cover = _cheapest_cover(list(wide), needs)
+        held = {wp: None for c in needs for wp in budget.cpu_wps[c] if may_evict(wp, priority)}
+        if _covers(held, needs):
+            cover = _cheapest_cover(list(held), needs)
             if _cost(cover) < _cost(victims):
                 victims = cover
     return Plan(True, victims=victims)
