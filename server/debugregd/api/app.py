@@ -142,7 +142,8 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
     app.state.daemon = daemon
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body)
-    for module in (sessions, allocations, events, admin, monitoring, dashboard):
+    # Routes are matched in order: the hot allocation paths first.
+    for module in (allocations, sessions, events, admin, monitoring, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC, check_dir=False), name="static")
     return app
