@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from debugregd.core import Arbiter, State
@@ -27,14 +28,49 @@ LATENCY_BUCKETS = (
 )
 
 
-class _ArbiterCollector(Collector):
-    """Gauges read from the arbiter at scrape time, so they never drift from the truth."""
+@dataclass
+class Stats:
+    """Monotonic counters, plain integers the runtime bumps on the hot path; Prometheus reads
+    them at scrape time (a `prometheus_client.Counter` takes a lock on every increment)."""
 
-    def __init__(self, arbiter: Callable[[], Arbiter], subscribers: Callable[[], int]) -> None:
+    allocations: int = 0
+    evictions: int = 0
+    refusals: int = 0
+    slow_disconnects: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+
+
+def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class _ArbiterCollector(Collector):
+    """Gauges and counters read at scrape time, so they never drift from the truth."""
+
+    def __init__(
+        self,
+        arbiter: Callable[[], Arbiter],
+        subscribers: Callable[[], int],
+        stats: Callable[[], Stats],
+    ) -> None:
         self.arbiter = arbiter
         self.subscribers = subscribers
+        self.stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats()
+        events = CounterMetricFamily("debugregd_events", "Events by type", labels=["type"])
+        for kind, n in sorted(st.events.items()):
+            events.add_metric([kind], n)
+        yield events
+        yield _counter("debugregd_evictions", "Allocations evicted", st.evictions)
+        yield _counter("debugregd_refusals", "Requests refused (409)", st.refusals)
+        yield _counter("debugregd_allocations_installed", "Installations", st.allocations)
+        yield _counter(
+            "debugregd_sse_slow_disconnects",
+            "Streams cut off for not keeping up",
+            st.slow_disconnects,
+        )
         arb = self.arbiter()
         by_state = GaugeMetricFamily(
             "debugregd_allocations", "Live allocations by state", labels=["state"]
@@ -63,15 +99,12 @@ class _ArbiterCollector(Collector):
 
 
 class Metrics:
-    """Counters and histograms the daemon updates as it works."""
+    """The daemon's registry: histograms it observes as it works, and a collector that reads
+    the arbiter and the counters when scraped."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.events = Counter("debugregd_events", "Events by type", ["type"], registry=r)
-        self.evictions = Counter("debugregd_evictions", "Allocations evicted", registry=r)
-        self.refusals = Counter("debugregd_refusals", "Requests refused (409)", registry=r)
-        self.allocations = Counter("debugregd_allocations_installed", "Installations", registry=r)
         self.decisions = Histogram(
             "debugregd_decision_seconds",
             "Time the arbiter takes to decide one command",
@@ -84,10 +117,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.slow_disconnects = Counter(
-            "debugregd_sse_slow_disconnects", "Streams cut off for not keeping up", registry=r
-        )
         self.up = Gauge("debugregd_up", "1 while the daemon serves", registry=r)
 
-    def watch(self, arbiter: Callable[[], Arbiter], subscribers: Callable[[], int]) -> None:
-        self.registry.register(_ArbiterCollector(arbiter, subscribers))
+    def watch(
+        self,
+        arbiter: Callable[[], Arbiter],
+        subscribers: Callable[[], int],
+        stats: Callable[[], Stats],
+    ) -> None:
+        self.registry.register(_ArbiterCollector(arbiter, subscribers, stats))

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from debugregd import wire
@@ -22,7 +21,7 @@ from debugregd.backends.base import Backend
 from debugregd.commands import Command, execute
 from debugregd.core import Arbiter, CoreError, Event, Refused
 from debugregd.hub import EventHub
-from debugregd.metrics import Metrics
+from debugregd.metrics import Metrics, Stats
 from debugregd.store.journal import Batch, Journal, StoredEvent
 
 log = logging.getLogger("debugregd")
@@ -35,15 +34,6 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 def token_digest(token: str) -> str:
     """Tokens are stored and looked up only by their SHA-256: the journal holds no secret."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass
-class Stats:
-    """Monotonic counters for the dashboard's rate charts (Prometheus has its own)."""
-
-    allocations: int = 0
-    evictions: int = 0
-    refusals: int = 0
 
 
 class Runtime:
@@ -147,7 +137,6 @@ class Runtime:
             result, events = execute(self.arbiter, command)
         except Refused:
             self.stats.refusals += 1
-            self.metrics.refusals.inc()
             raise
         finally:
             self.metrics.decisions.observe(time.perf_counter() - started)
@@ -229,9 +218,8 @@ class Runtime:
             if not future.done():
                 future.set_result(None)
         if batch.events:
-            before = self.hub.disconnected_slow
             self.hub.publish(batch.events)
-            self.metrics.slow_disconnects.inc(self.hub.disconnected_slow - before)
+            self.stats.slow_disconnects = self.hub.disconnected_slow
             self._apply_backend(staged)
         self._maintain()
 
@@ -244,13 +232,12 @@ class Runtime:
             self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
 
     def _count(self, ev: Event) -> None:
-        self.metrics.events.labels(ev.type).inc()
+        stats = self.stats
+        stats.events[ev.type] = stats.events.get(ev.type, 0) + 1
         if ev.type == "installed":
-            self.stats.allocations += 1
-            self.metrics.allocations.inc()
+            stats.allocations += 1
         elif ev.type == "evicted":
-            self.stats.evictions += 1
-            self.metrics.evictions.inc()
+            stats.evictions += 1
 
     # -- time and hardware
 

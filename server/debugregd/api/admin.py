@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Request
 
 from debugreg import schema
 from debugregd import __version__, wire
 from debugregd.api.allocations import PROBLEMS
-from debugregd.api.context import AdminDep, Caller, Daemon, DaemonDep, SessionDep
+from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
+from debugregd.api.responses import Json
 from debugregd.core import Forbidden, InvalidRequest, Priority
 
 router = APIRouter(prefix="/v1", tags=["host"])
@@ -29,24 +29,31 @@ def host_info(d: Daemon) -> dict[str, Any]:
 
 
 @router.get("/host", response_model=schema.Host, summary="The host's profile, CPUs and pools")
-async def host(d: DaemonDep) -> dict[str, Any]:
+async def host(request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
     return host_info(d)
 
 
 @router.get(
     "/cpus", summary="Every CPU's register files, index by index (admin)", responses=PROBLEMS
 )
-async def cpus(d: DaemonDep, who: AdminDep) -> list[dict[str, Any]]:
+async def cpus(request: Request) -> list[dict[str, Any]]:
+    d = daemon_of(request)
+    admin_of(request)
     return [d.arbiter.cpu_view(c) for c in range(d.arbiter.ncpus)]
 
 
 @router.get("/cpus/{cpu}", summary="One CPU's register files (admin)", responses=PROBLEMS)
-async def cpu(cpu: int, d: DaemonDep, who: AdminDep) -> dict[str, Any]:
+async def cpu(cpu: int, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
     return d.arbiter.cpu_view(cpu)
 
 
 @router.get("/tasks/{tid}", summary="A task's allocations and indices (admin)", responses=PROBLEMS)
-async def task(tid: Annotated[int, Path(gt=0)], d: DaemonDep, who: AdminDep) -> dict[str, Any]:
+async def task(tid: Annotated[int, Path(gt=0)], request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
     view = d.arbiter.task_view(tid)
     view["allocations"] = [wire.record(a) for a in view["allocations"]]
     return view
@@ -73,7 +80,9 @@ def _raw(d: Daemon, tid: int) -> dict[str, Any]:
     responses=PROBLEMS,
     summary="DR0-DR3 and DR7 as last written (ptrace grant or admin)",
 )
-async def get_debugregs(tid: int, d: DaemonDep, who: SessionDep) -> dict[str, Any]:
+async def get_debugregs(tid: int, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    who = session_of(request)
     _ptrace(who)
     if tid <= 0:
         raise InvalidRequest(f"tid must be a positive thread id, got {tid}")
@@ -86,9 +95,9 @@ async def get_debugregs(tid: int, d: DaemonDep, who: SessionDep) -> dict[str, An
     responses=PROBLEMS,
     summary="Write DR0-DR3 and DR7 as ptrace would, at ptrace priority, all or nothing",
 )
-async def put_debugregs(
-    tid: int, body: schema.DebugRegs, d: DaemonDep, who: SessionDep
-) -> dict[str, Any]:
+async def put_debugregs(tid: int, body: schema.DebugRegs, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    who = session_of(request)
     _ptrace(who)
     await d.rt.run(
         {
@@ -108,7 +117,9 @@ async def put_debugregs(
     responses=PROBLEMS,
     summary="Everything, consistent with `event_id` (admin)",
 )
-async def state(d: DaemonDep, who: AdminDep) -> JSONResponse:
+async def state(request: Request) -> Json:
+    d = daemon_of(request)
+    admin_of(request)
     arb = d.arbiter
     body = {
         "event_id": arb.event_id,
@@ -119,11 +130,13 @@ async def state(d: DaemonDep, who: AdminDep) -> JSONResponse:
         "cpus": [arb.cpu_view(c) for c in range(arb.ncpus)],
     }
     await d.rt.barrier()  # answer only with committed state
-    return JSONResponse(body)
+    return Json(body)
 
 
 @router.get("/stats", summary="Monotonic counters for rate charts (admin)", responses=PROBLEMS)
-async def stats(d: DaemonDep, who: AdminDep) -> dict[str, int]:
+async def stats(request: Request) -> dict[str, int]:
+    d = daemon_of(request)
+    admin_of(request)
     s = d.rt.stats
     return {
         "allocations_total": s.allocations,
@@ -139,7 +152,9 @@ async def stats(d: DaemonDep, who: AdminDep) -> dict[str, int]:
     responses=PROBLEMS,
     summary="Simulate a memory access; matching watchpoints report a hit (admin, sim backend)",
 )
-async def sim_access(body: schema.SimAccess, d: DaemonDep, who: AdminDep) -> dict[str, Any]:
+async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
     if d.rt.backend.name != "sim":
         raise InvalidRequest("simulated accesses exist only with --backend sim")
     hits = await d.rt.run(

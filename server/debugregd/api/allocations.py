@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Query, Request
 
 from debugreg import schema
 from debugregd import wire
 from debugregd.api import idempotency
-from debugregd.api.context import AdminDep, Caller, DaemonDep, SessionDep
+from debugregd.api.context import Caller, admin_of, daemon_of, session_of
+from debugregd.api.responses import Json
 from debugregd.core import Allocation, Forbidden, InvalidRequest, ScopeKind, parse_priority
 
 router = APIRouter(prefix="/v1", tags=["allocations"])
@@ -50,10 +50,10 @@ def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
 )
 async def allocate(
     body: schema.AllocationRequest,
-    d: DaemonDep,
-    who: SessionDep,
+    request: Request,
     idempotency_key: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
+) -> Json:
+    d, who = daemon_of(request), session_of(request)
     if who.session is None:
         raise InvalidRequest(
             "allocations belong to a session: open one with POST /v1/sessions (the admin key "
@@ -75,14 +75,14 @@ async def allocate(
     summary="Allocations: a session sees its own, the admin all; live ones unless `state` is given",
 )
 async def list_allocations(
-    d: DaemonDep,
-    who: SessionDep,
+    request: Request,
     state: Annotated[schema.State | None, Query()] = None,
     session: Annotated[str | None, Query()] = None,
     cpu: Annotated[int | None, Query(ge=0)] = None,
     tid: Annotated[int | None, Query(gt=0)] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> JSONResponse:
+) -> Json:
+    d, who = daemon_of(request), session_of(request)
     arb = d.arbiter
     if not who.admin:
         if session is not None and session != who.session_id:
@@ -116,7 +116,7 @@ async def list_allocations(
             break
     event_id = arb.event_id
     await d.rt.barrier()  # answer only with committed state
-    return JSONResponse({"allocations": out, "event_id": event_id})
+    return Json({"allocations": out, "event_id": event_id})
 
 
 def _visible(alloc: Allocation, who: Caller) -> None:
@@ -130,10 +130,12 @@ def _visible(alloc: Allocation, who: Caller) -> None:
     responses=PROBLEMS,
     summary="One allocation",
 )
-async def get_allocation(allocation_id: str, d: DaemonDep, who: SessionDep) -> JSONResponse:
+async def get_allocation(allocation_id: str, request: Request) -> Json:
+    d = daemon_of(request)
+    who = session_of(request)
     alloc = d.arbiter.allocation(allocation_id)
     _visible(alloc, who)
-    return JSONResponse(render(alloc, who))
+    return Json(render(alloc, who))
 
 
 @router.delete(
@@ -142,14 +144,15 @@ async def get_allocation(allocation_id: str, d: DaemonDep, who: SessionDep) -> J
     responses=PROBLEMS,
     summary="Release (owner or admin); idempotent",
 )
-async def release(allocation_id: str, d: DaemonDep, who: SessionDep) -> JSONResponse:
+async def release(allocation_id: str, request: Request) -> Json:
+    d, who = daemon_of(request), session_of(request)
     alloc = d.arbiter.allocation(allocation_id)
     _visible(alloc, who)
     if alloc.state is not None and alloc.state.value in ("installed", "waiting"):
         alloc = await d.rt.run(
             {"op": "release", "allocation": allocation_id, "session": who.session_id}
         )
-    return JSONResponse(render(alloc, who))
+    return Json(render(alloc, who))
 
 
 @router.post(
@@ -158,11 +161,11 @@ async def release(allocation_id: str, d: DaemonDep, who: SessionDep) -> JSONResp
     responses=PROBLEMS,
     summary="Evict one allocation (admin)",
 )
-async def evict(
-    allocation_id: str, body: schema.EvictRequest, d: DaemonDep, who: AdminDep
-) -> JSONResponse:
+async def evict(allocation_id: str, body: schema.EvictRequest, request: Request) -> Json:
+    d = daemon_of(request)
+    who = admin_of(request)
     alloc = await d.rt.run({"op": "evict", "allocation": allocation_id, "reason": body.reason})
-    return JSONResponse(render(alloc, who))
+    return Json(render(alloc, who))
 
 
 @router.post(
@@ -171,9 +174,9 @@ async def evict(
     responses=PROBLEMS,
     summary="Evict every installed allocation matching cpu, tid and below_priority (admin)",
 )
-async def evict_matching(
-    body: schema.BulkEvictRequest, d: DaemonDep, who: AdminDep
-) -> dict[str, Any]:
+async def evict_matching(body: schema.BulkEvictRequest, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
     below = None if body.below_priority is None else parse_priority(body.below_priority)
     evicted = await d.rt.run(
         {

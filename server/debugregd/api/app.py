@@ -101,7 +101,9 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         retention=settings.retention,
         metrics=metrics,
     )
-    metrics.watch(lambda: runtime.arbiter, lambda: len(runtime.hub.subscribers))
+    metrics.watch(
+        lambda: runtime.arbiter, lambda: len(runtime.hub.subscribers), lambda: runtime.stats
+    )
     return runtime
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from debugregd.api.context import COOKIE, COOKIE_TTL_S, CallerDep, DaemonDep
+from debugregd.api.context import COOKIE, COOKIE_TTL_S, caller_of, daemon_of
 from debugregd.api.errors import unauthorized
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -33,7 +33,8 @@ async def index() -> FileResponse:
 @router.post(
     "/v1/auth/login", status_code=204, summary="Sign in to the dashboard with the admin key"
 )
-async def login(body: Login, d: DaemonDep) -> Response:
+async def login(body: Login, request: Request) -> Response:
+    d = daemon_of(request)
     import hmac
 
     if not hmac.compare_digest(body.key.encode(), d.admin_key.encode()):
@@ -58,5 +59,6 @@ async def logout() -> Response:
 
 
 @router.get("/v1/auth/me", summary="Whether this browser is signed in as admin")
-async def me(who: CallerDep) -> dict[str, bool]:
+async def me(request: Request) -> dict[str, bool]:
+    who = caller_of(request)
     return {"admin": who.admin}

@@ -11,9 +11,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from debugregd.api.responses import Json
 from debugregd.core import (
     CoreError,
     Forbidden,
@@ -60,10 +60,10 @@ def problem(
     detail: str,
     headers: dict[str, str] | None = None,
     **extra: Any,
-) -> JSONResponse:
+) -> Json:
     body = {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail}
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    return Json(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def unauthorized(detail: str) -> Problem:
@@ -79,18 +79,18 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _core(request: Request, exc: Exception) -> JSONResponse:
+async def _core(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, CoreError)
     status = STATUS.get(type(exc), 422)
     return problem(status, exc.kind, exc.title, exc.detail, **exc.extra)
 
 
-async def _problem(request: Request, exc: Exception) -> JSONResponse:
+async def _problem(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, Problem)
     return problem(exc.status, exc.kind, exc.title, exc.detail, exc.headers, **exc.extra)
 
 
-async def _validation(request: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, RequestValidationError)
     errors = [_describe(e) for e in exc.errors()]
     if any(e["type"] == "json_invalid" for e in errors):
@@ -107,7 +107,7 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http(request: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
@@ -121,7 +121,7 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Json:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return problem(500, "internal", "Internal error", "the daemon failed; see its log")
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from debugregd import wire
-from debugregd.api.context import AdminDep, Caller, Daemon, DaemonDep, SessionDep
+from debugregd.api.context import AdminDep, Caller, Daemon, daemon_of, session_of
 from debugregd.api.errors import Problem
 from debugregd.api.sessions import owned
 from debugregd.store.journal import StoredEvent
@@ -106,7 +106,8 @@ async def stream(
         hub.unsubscribe(sub)
 
 
-async def session_owner(session_id: str, who: SessionDep) -> Caller:
+async def session_owner(session_id: str, request: Request) -> Caller:
+    who = session_of(request)
     owned(who, session_id)
     return who
 
@@ -118,11 +119,10 @@ async def session_owner(session_id: str, who: SessionDep) -> Caller:
 )
 async def all_events(
     request: Request,
-    d: DaemonDep,
     who: AdminDep,
     since: Annotated[int | None, Depends(resume_from)],
 ) -> AsyncIterator[ServerSentEvent]:
-    async for item in stream(d, request, since, None):
+    async for item in stream(daemon_of(request), request, since, None):
         yield item
 
 
@@ -135,9 +135,8 @@ async def all_events(
 async def session_events(
     session_id: str,
     request: Request,
-    d: DaemonDep,
     who: Annotated[Caller, Depends(session_owner)],
     since: Annotated[int | None, Depends(resume_from)],
 ) -> AsyncIterator[ServerSentEvent]:
-    async for item in stream(d, request, since, session_id):
+    async for item in stream(daemon_of(request), request, since, session_id):
         yield item

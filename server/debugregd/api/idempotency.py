@@ -8,11 +8,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from debugregd.api.context import Caller, Daemon
 from debugregd.api.errors import Problem
+from debugregd.api.responses import Json
 
 Produce = Callable[[], tuple[int, dict[str, Any], asyncio.Future[None]]]
 
@@ -28,7 +28,7 @@ def _scope(who: Caller, path: str, key: str) -> str:
 
 async def respond(
     d: Daemon, who: Caller, path: str, key: str | None, request: BaseModel, produce: Produce
-) -> JSONResponse:
+) -> Json:
     """Run `produce` once per key; its status and body are journaled with the change itself.
 
     A key reused with a different `request` body is a 422, so a key can never hand one
@@ -37,7 +37,7 @@ async def respond(
     if key is None:
         status, body, committed = produce()
         await committed
-        return JSONResponse(body, status_code=status)
+        return Json(body, status_code=status)
     if len(key) > 200:
         raise Problem(
             422, "invalid-request", "Invalid request", "Idempotency-Key is at most 200 characters"
@@ -57,11 +57,11 @@ async def respond(
                 "key for a new request",
             )
         await rt.barrier()  # the first request's change may still be committing
-        return JSONResponse(
+        return Json(
             first["response"], status_code=stored[0], headers={"Idempotent-Replayed": "true"}
         )
     status, body, committed = produce()
     record = {"fingerprint": print_, "response": body}
     rt.remember(scoped, status, json.dumps(record, separators=(",", ":")))
     await committed
-    return JSONResponse(body, status_code=status)
+    return Json(body, status_code=status)

@@ -6,13 +6,12 @@ import asyncio
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Request, Response
 
 from debugreg import schema
 from debugregd.api import idempotency
-from debugregd.api.context import Caller, CallerDep, DaemonDep, SessionDep
-from debugregd.api.errors import Problem
+from debugregd.api.context import Caller, caller_of, daemon_of, session_of
+from debugregd.api.responses import Json
 from debugregd.core import Forbidden, NotFound, Priority, parse_priority
 from debugregd.runtime import token_digest
 
@@ -34,10 +33,10 @@ def owned(who: Caller, session_id: str) -> None:
 )
 async def open_session(
     body: schema.SessionRequest,
-    d: DaemonDep,
-    who: CallerDep,
+    request: Request,
     idempotency_key: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
+) -> Json:
+    d, who = daemon_of(request), caller_of(request)
     top = (
         parse_priority(body.max_priority) if body.max_priority is not None else int(Priority.NORMAL)
     )
@@ -78,7 +77,9 @@ async def open_session(
 
 
 @router.get("", response_model=list[schema.SessionInfo], summary="Every open session (admin)")
-async def list_sessions(d: DaemonDep, who: SessionDep) -> list[dict[str, Any]]:
+async def list_sessions(request: Request) -> list[dict[str, Any]]:
+    d = daemon_of(request)
+    who = session_of(request)
     if not who.admin:
         assert who.session is not None
         return [who.session.to_dict()]
@@ -86,7 +87,9 @@ async def list_sessions(d: DaemonDep, who: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.get("/{session_id}", response_model=schema.SessionInfo, summary="One session")
-async def get_session(session_id: str, d: DaemonDep, who: SessionDep) -> dict[str, Any]:
+async def get_session(session_id: str, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    who = session_of(request)
     owned(who, session_id)
     return d.arbiter.session(session_id).to_dict()
 
@@ -97,7 +100,9 @@ async def get_session(session_id: str, d: DaemonDep, who: SessionDep) -> dict[st
     responses={404: {"model": schema.Problem}},
     summary="Renew the lease for another TTL",
 )
-async def keepalive(session_id: str, d: DaemonDep, who: SessionDep) -> dict[str, float]:
+async def keepalive(session_id: str, request: Request) -> dict[str, float]:
+    d = daemon_of(request)
+    who = session_of(request)
     owned(who, session_id)
     session = await d.rt.run({"op": "keepalive", "session": session_id})
     return {"expires_at": session.expires_at}
@@ -109,14 +114,11 @@ async def keepalive(session_id: str, d: DaemonDep, who: SessionDep) -> dict[str,
     responses={404: {"model": schema.Problem}},
     summary="Close the session and release everything it held",
 )
-async def close_session(session_id: str, d: DaemonDep, who: SessionDep) -> Response:
+async def close_session(session_id: str, request: Request) -> Response:
+    d = daemon_of(request)
+    who = session_of(request)
     owned(who, session_id)
     if session_id not in d.arbiter.sessions:
         raise NotFound(f"no open session {session_id!r}; it was closed or expired")
     await d.rt.run({"op": "close_session", "session": session_id})
     return Response(status_code=204)
-
-
-def require_open(d: DaemonDep, session_id: str) -> None:
-    if session_id not in d.arbiter.sessions:
-        raise Problem(404, "not-found", "Not found", f"no open session {session_id!r}")
