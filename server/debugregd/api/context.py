@@ -6,9 +6,8 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from debugregd.api.errors import Problem, unauthorized
 from debugregd.config import Settings
@@ -107,14 +106,3 @@ def session_of(request: Request) -> Caller:
     if who.session is None and not who.admin:
         raise unauthorized("this needs a session token: open one with POST /v1/sessions")
     return who
-
-
-# Routes call the functions above directly: each FastAPI dependency costs a resolution pass per
-# request, about a tenth of an allocate's time here. Streams are the exception: their checks must
-# fail before the response starts, which only a dependency does. It is `async def` because FastAPI
-# runs a plain `def` in its thread pool, and only the event loop thread may read the arbiter.
-async def admin(request: Request) -> Caller:
-    return admin_of(request)
-
-
-AdminDep = Annotated[Caller, Depends(admin)]
