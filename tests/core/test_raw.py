@@ -267,3 +267,27 @@ def test_a_write_may_reuse_the_register_its_replaced_identical_drs_shared() -> N
     write(arb, [RawSlot(0, 0x1000, 1, Access.WRITE), RawSlot(1, 0x1000, 1, Access.WRITE)])
     events = write(arb, [RawSlot(n, 0x2000 + 8 * n, 8, Access.WRITE) for n in range(4)], 1)
     assert events == ["released", "released", *["installed"] * 4]
+
+
+def test_a_write_never_evicts_the_register_one_of_its_drs_shares() -> None:
+    # Found by the stateful test: the write counted on sharing the task's own watch of 0x1000,
+    # then chose that same watch as the cheapest victim (the most recently installed), and
+    # installed a fresh one on top: five registers in use on a CPU that has four.
+    arb = host(ncpus=1)
+    for i in range(2):
+        arb.allocate(None, request(cpu(0), 0x9000 + 8 * i, priority=CRITICAL), 0)
+    older = arb.allocate(None, request(task(TID), 0x4000, priority=BACKGROUND), 0)[0]
+    shared = arb.allocate(None, request(task(TID), 0x1000, 1, priority=BACKGROUND), 0)[0]
+    events = arb.set_debugregs(
+        None,
+        TID,
+        (0x1000, 0x2000, 0, 0),
+        encode([RawSlot(0, 0x1000, 1, Access.WRITE), RawSlot(1, 0x2000, 8, Access.WRITE)]),
+        1,
+    )
+    assert affected(events, "evicted") == [older.id]
+    assert shared.state is State.INSTALLED
+    dr0 = arb.allocation(allocations(arb)["dr0"])
+    assert dr0.watchpoint is shared.watchpoint
+    view = arb.cpu_view(0)["pools"]["dr"]
+    assert view["cpu_held"] + view["max_task_held"] == 4

@@ -353,11 +353,14 @@ class Arbiter:
         )
         going = set(exclude)
         needed: set[tuple[Any, ...]] = set()  # identical DRs share one register
+        joined: dict[Watchpoint, None] = {}  # registers already there that a DR shares
         for s in wanted:
             share = self._share_key(key, tid, self.all_cpus, ((s.address, s.length),), s.access)
             existing = self._shared.get(share)
             if existing is None or existing in going:
                 needed.add(share)
+            else:
+                joined[existing] = None
         weight = len(needed)
         kept = {
             self._share_key(key, tid, self.all_cpus, a.chunks, a.access)
@@ -368,7 +371,11 @@ class Arbiter:
                 f"dr7 enables {len(needed | kept)} different watchpoints but this host has "
                 f"{budget.slots} debug registers"
             )
-        plan = eviction.plan_task(budget, tid, self.all_cpus, weight, Priority.PTRACE, exclude)
+        # A register the write shares is counted as staying: evicting it would take the
+        # register the write was promised.
+        plan = eviction.plan_task(
+            budget, tid, self.all_cpus, weight, Priority.PTRACE, exclude, keep=joined
+        )
         if not plan.fits:
             raise Refused(
                 f"the debug registers written for task {tid} do not fit at ptrace priority",
@@ -905,6 +912,11 @@ class Arbiter:
         reinstallation (which may evict lower holders) frees room for an earlier one."""
         while self._freed and self._waiting:
             freed, self._freed = self._freed, set()
+            # Refusals seen in this pass, by request shape: whether a request fits is monotone
+            # (more weight or a lower priority never fits where the other did not), so a waiter
+            # no better placed than one already refused is skipped without planning. Valid until
+            # the next installation changes the register files.
+            refused: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
             for _, _, aid in list(self._waiting):
                 alloc = self.allocations.get(aid)
                 if alloc is None or alloc.state is not WAITING or aid in self._held_back:
@@ -916,13 +928,22 @@ class Arbiter:
                 cpus = self._cpus_of(alloc.scope)
                 share = self._share_key(key, alloc.scope.tid, cpus, alloc.chunks, alloc.access)
                 tid = alloc.scope.tid if alloc.scope.kind is KIND_TASK else None
-                plan = (
-                    eviction.FIT
-                    if share in self._shared
-                    else self._plan(budget, tid, cpus, alloc.weight, alloc.priority)
-                )
-                if not plan.fits:
-                    continue
+                if share not in self._shared:
+                    # A task holding nothing here competes only with CPU holders: which task
+                    # it is does not matter.
+                    who = tid if tid is None or tid in budget.task_held else "idle task"
+                    shape = (key, who, cpus)
+                    weight, priority = alloc.weight, alloc.priority
+                    seen = refused.get(shape)
+                    if seen and any(w <= weight and p >= priority for w, p in seen):
+                        continue
+                    plan = self._plan(budget, tid, cpus, weight, priority)
+                    if not plan.fits:
+                        refused.setdefault(shape, []).append((weight, priority))
+                        continue
+                else:
+                    plan = eviction.FIT
+                refused.clear()
                 self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
                 self._evict_all(
                     plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"

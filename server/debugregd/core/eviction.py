@@ -152,8 +152,10 @@ def plan_task(
     weight: int,
     priority: int,
     exclude: Collection[Watchpoint] = (),
+    keep: Collection[Watchpoint] = (),
 ) -> Plan:
-    """Room for `weight` registers of task `tid` on `cpus`, as if `exclude` were gone."""
+    """Room for `weight` registers of task `tid` on `cpus`, as if `exclude` were gone, never
+    evicting `keep` (watchpoints the request joins rather than adds)."""
     slots = budget.slots
     needs: dict[int, int] = {}
     for c in cpus:
@@ -169,7 +171,7 @@ def plan_task(
     blockers: dict[Watchpoint, None] = {}
     for c in needs:
         for wp in budget.holders_on(c, tid):
-            if wp in exclude:
+            if wp in exclude or wp in keep:
                 continue
             if may_evict(wp, priority):
                 candidates[wp] = None

@@ -312,13 +312,20 @@ class Watchpoint:
         self.holders: list[Allocation] = []
         self.indices: dict[int, tuple[int, ...]] = {}
 
+    # Read for every holder an eviction plan considers; most watchpoints have one holder.
     @property
     def priority(self) -> int:
-        return max(h.priority for h in self.holders)
+        holders = self.holders
+        if len(holders) == 1:
+            return holders[0].priority
+        return max(h.priority for h in holders)
 
     @property
     def evictable(self) -> bool:
-        return all(h.evictable for h in self.holders)
+        holders = self.holders
+        if len(holders) == 1:
+            return holders[0].evictable
+        return all(h.evictable for h in holders)
 
 
 @dataclass(slots=True)
