@@ -485,8 +485,8 @@ class X86CrowdedMachine(X86Machine):
 
 
 SETTINGS = settings(
-    max_examples=40,
-    stateful_step_count=50,
+    max_examples=100,
+    stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
