@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from debugregd import wire
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
@@ -159,7 +161,7 @@ class Journal:
         try:
             db.execute(
                 "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)",
-                (self.last_seq, event_id, json.dumps(snapshot, separators=(",", ":"))),
+                (self.last_seq, event_id, wire.dumps(snapshot)),
             )
             db.execute("DELETE FROM snapshots WHERE seq < ?", (self.last_seq,))
             db.execute("DELETE FROM commands WHERE seq <= ?", (self.last_seq,))
