@@ -228,9 +228,10 @@ class Arbiter:
         alloc = self._new_allocation(session, request, pool, space, chunks, now)
         self._begin()
         if plan.fits:
-            self._evict_all(
-                plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
-            )
+            if plan.victims:
+                self._evict_all(
+                    plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
+                )
             self._install(alloc, cpus, budget, ON_ADMIT, now, key)
         else:
             self._queue(alloc, now, plan.blockers)
