@@ -6,6 +6,7 @@ in the browser; the page posts it here and erases it.
 
 from __future__ import annotations
 
+import hmac
 import time
 from pathlib import Path
 
@@ -35,8 +36,6 @@ async def index() -> FileResponse:
 )
 async def login(body: Login, request: Request) -> Response:
     d = daemon_of(request)
-    import hmac
-
     if not hmac.compare_digest(body.key.encode(), d.admin_key.encode()):
         raise unauthorized("that is not the admin key")
     response = Response(status_code=204)

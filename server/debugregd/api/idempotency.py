@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from debugregd import wire
 from debugregd.api.context import Caller, Daemon
 from debugregd.api.errors import Problem
 from debugregd.api.responses import Json
@@ -62,6 +63,6 @@ async def respond(
         )
     status, body, committed = produce()
     record = {"fingerprint": print_, "response": body}
-    rt.remember(scoped, status, json.dumps(record, separators=(",", ":")))
+    rt.remember(scoped, status, wire.dumps(record))
     await committed
     return Json(body, status_code=status)
