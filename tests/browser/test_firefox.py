@@ -1,0 +1,68 @@
+"""The dashboard in Debian's firefox-esr (issue 5: Chromium and Firefox), driven over WebDriver
+BiDi: sign in with the `#key=` link, see an allocation fill its cell, an eviction empty it and
+reach the feed. The Chromium tests cover the rest of the page."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser.conftest import LAPTOP
+from tests.browser.test_dashboard import allocate, open_session
+from tests.support.daemon import Daemon
+from tests.support.firefox import Firefox, launch
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def firefox(tmp_path: Path, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Firefox]:
+    executable = shutil.which("firefox-esr") or shutil.which("firefox")
+    if executable is None:
+        pytest.fail(
+            "the Firefox test needs Debian's firefox-esr on PATH (apt-get install firefox-esr; "
+            ".ci/run installs it)",
+            pytrace=False,
+        )
+    with launch(executable, tmp_path / "profile", LAPTOP["width"], LAPTOP["height"]) as browser:
+        yield browser
+        browser.screenshot(artifacts / f"{request.node.name}-last.png")
+
+
+def by_testid(name: str) -> str:
+    return f"document.querySelector('[data-testid=\"{name}\"]')"
+
+
+def test_firefox_signs_in_and_follows_allocation_and_eviction(
+    firefox: Firefox, daemon: Daemon, artifacts: Path
+) -> None:
+    firefox.navigate(f"{daemon.url}/#key={daemon.admin_key}")
+    firefox.wait_for(f"{by_testid('status')}?.dataset.state === 'live'")
+    assert firefox.evaluate("location.hash") == ""
+
+    session = open_session(daemon, "firefox-test")
+    record = allocate(
+        daemon,
+        session,
+        scope={"kind": "cpu", "cpu": 1},
+        address="0x7ffd1000",
+        length=8,
+        access="write",
+        label="fx-watch",
+    )
+    (held,) = record["registers"]
+    cell = by_testid(f"cell-{held['pool']}-{held['cpu']}-{held['index']}")
+    firefox.wait_for(f"{cell}?.dataset.holder === 'cpu'")
+    assert "fx-watch" in firefox.evaluate(f"{cell}.innerText")
+    firefox.screenshot(artifacts / "firefox-allocated.png")
+
+    with daemon.admin() as admin:
+        response = admin.post(f"/v1/allocations/{record['id']}/evict", json={"reason": "fx"})
+    assert response.status_code == 200, response.text
+    firefox.wait_for(f"{cell}?.dataset.holder === ''")
+    evicted = f"{by_testid('feed')}?.querySelector('[data-type=\"evicted\"]')"
+    firefox.wait_for(f"{evicted}?.innerText.includes('{record['id']}')")
+    assert "fx-watch" not in firefox.evaluate(f"{cell}.innerText")
