@@ -760,10 +760,7 @@ class Arbiter:
         data: dict[str, Any] | None = None,
     ) -> None:
         self.event_id += 1
-        if alloc is None:
-            self._events.append(Event(self.event_id, type_, now, session, None, data))
-        else:
-            self._events.append(Event.about(self.event_id, type_, now, alloc, data))
+        self._events.append(Event(self.event_id, type_, now, session, None, data, alloc))
 
     def _new_allocation(
         self,
@@ -821,8 +818,7 @@ class Arbiter:
                 for c in cpus:
                     registers.assign_cpu(budget, c, note)
             else:
-                for c in cpus:
-                    registers.assign_task(budget, tid, c, note)
+                registers.place_task(budget, wp)
         else:
             wp.holders.append(alloc)
             alloc.watchpoint = wp
@@ -853,7 +849,6 @@ class Arbiter:
         self._baseline.pop(wp, None)
         registers.assign(budget, wp, self._note_change)
         wp.indices = {}
-        self._freed.add(budget.name)
 
     def _finish(self, alloc: Allocation, trigger: Trigger, now: float, reason: str) -> None:
         """Move a live allocation to a terminal state (released or expired)."""

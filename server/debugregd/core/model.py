@@ -369,15 +369,18 @@ class Event:
         session: str | None = None,
         allocation: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
+        source: Allocation | None = None,
     ) -> None:
+        """`allocation` is the record itself; or `source`, whose record is built when read,
+        as it is now (what may change is captured here)."""
         self.id = id
         self.type = type
         self.at = at
         self.session = session
         self.data = data
         self._record = allocation
-        self._source: Allocation | None = None
-        self._view: AllocationView | None = None
+        self._source = source
+        self._view = None if source is None else source.view()
 
     @classmethod
     def about(
@@ -389,9 +392,7 @@ class Event:
         data: dict[str, Any] | None = None,
     ) -> Event:
         """An event on `alloc`, capturing what may change so the record can be built later."""
-        event = cls(id, type, at, alloc.session, None, data)
-        event._source, event._view = alloc, alloc.view()
-        return event
+        return cls(id, type, at, alloc.session, None, data, alloc)
 
     @property
     def allocation(self) -> dict[str, Any] | None:

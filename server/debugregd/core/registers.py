@@ -32,6 +32,17 @@ def assign_task(budget: PoolBudget, tid: int, cpu: int, on_change: OnChange) -> 
         index += weight
 
 
+def place_task(budget: PoolBudget, wp: Watchpoint) -> None:
+    """Indices for a task watchpoint just added: it is the last installed on each of its CPUs,
+    so it goes right above the task's others (which are packed already), and nothing moves."""
+    assert wp.tid is not None
+    held = budget.task_held[wp.tid]
+    weight = wp.weight
+    for c in wp.cpus:
+        start = held[c] - weight
+        wp.indices[c] = (start,) if weight == 1 else tuple(range(start, start + weight))
+
+
 def assign_cpu(budget: PoolBudget, cpu: int, on_change: OnChange) -> None:
     """Pack CPU-held watchpoints on `cpu` from the top register down, kernel-space first."""
     top = budget.slots
@@ -53,6 +64,6 @@ def assign(budget: PoolBudget, wp: Watchpoint, on_change: OnChange) -> None:
     if wp.tid is None:
         for c in wp.cpus:
             assign_cpu(budget, c, on_change)
-    else:
+    elif wp.tid in budget.task_wps:  # else the task holds nothing more here
         for c in wp.cpus:
             assign_task(budget, wp.tid, c, on_change)
