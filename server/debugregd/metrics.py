@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from debugregd.core import Arbiter, State
+from debugregd.hub import EventHub
 
 LATENCY_BUCKETS = (
     0.00001,
@@ -36,7 +37,6 @@ class Stats:
     allocations: int = 0
     evictions: int = 0
     refusals: int = 0
-    slow_disconnects: int = 0
     events: dict[str, int] = field(default_factory=dict)
 
 
@@ -50,11 +50,11 @@ class _ArbiterCollector(Collector):
     def __init__(
         self,
         arbiter: Callable[[], Arbiter],
-        subscribers: Callable[[], int],
+        hub: Callable[[], EventHub],
         stats: Callable[[], Stats],
     ) -> None:
         self.arbiter = arbiter
-        self.subscribers = subscribers
+        self.hub = hub
         self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
@@ -69,7 +69,7 @@ class _ArbiterCollector(Collector):
         yield _counter(
             "debugregd_sse_slow_disconnects",
             "Streams cut off for not keeping up",
-            st.slow_disconnects,
+            self.hub().disconnected_slow,
         )
         arb = self.arbiter()
         by_state = GaugeMetricFamily(
@@ -93,7 +93,7 @@ class _ArbiterCollector(Collector):
                 used.add_metric([str(cpu), key], budget.used(cpu))
         yield used
         yield GaugeMetricFamily(
-            "debugregd_sse_subscribers", "Open event streams", value=self.subscribers()
+            "debugregd_sse_subscribers", "Open event streams", value=len(self.hub().subscribers)
         )
         yield GaugeMetricFamily("debugregd_last_event_id", "Last event id", value=arb.event_id)
 
@@ -122,7 +122,7 @@ class Metrics:
     def watch(
         self,
         arbiter: Callable[[], Arbiter],
-        subscribers: Callable[[], int],
+        hub: Callable[[], EventHub],
         stats: Callable[[], Stats],
     ) -> None:
-        self.registry.register(_ArbiterCollector(arbiter, subscribers, stats))
+        self.registry.register(_ArbiterCollector(arbiter, hub, stats))

@@ -219,7 +219,6 @@ class Runtime:
                 future.set_result(None)
         if batch.events:
             self.hub.publish(batch.events)
-            self.stats.slow_disconnects = self.hub.disconnected_slow
             self._apply_backend(staged)
         self._maintain()
 

@@ -101,9 +101,7 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         retention=settings.retention,
         metrics=metrics,
     )
-    metrics.watch(
-        lambda: runtime.arbiter, lambda: len(runtime.hub.subscribers), lambda: runtime.stats
-    )
+    metrics.watch(lambda: runtime.arbiter, lambda: runtime.hub, lambda: runtime.stats)
     return runtime
 
 
