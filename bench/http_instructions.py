@@ -18,9 +18,6 @@ import asyncio
 import gc
 import importlib.util
 import json
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -42,9 +39,9 @@ WARMUP = 200
 Message = dict[str, Any]
 
 
-def http_bench() -> Any:
-    """bench/http.py, which cannot be imported by name: `http` is the standard library's."""
-    spec = importlib.util.spec_from_file_location("bench_http", HERE / "http.py")
+def load(name: str) -> Any:
+    """bench/<name>.py, loaded by path: this directory is off sys.path (see above)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -136,7 +133,7 @@ async def drive(app: Any, token: str, body: str, clients: int, pairs: int, base:
 
 async def workload(target: str, clients: int, pairs: int) -> None:
     """The measured child: `WARMUP` pairs, then `pairs` more, against `target`."""
-    bench = http_bench()
+    bench = load("http")
     with tempfile.TemporaryDirectory(prefix="bench-http-instructions-") as tmp:
         daemon = create_app(Settings(state_dir=Path(tmp), cpus=2), admin_key="bench")
         stop = await lifespan(daemon)
@@ -155,26 +152,6 @@ async def workload(target: str, clients: int, pairs: int) -> None:
         await stop()
 
 
-def counted(target: str, clients: int, pairs: int) -> int:
-    """Instructions of a whole child run doing `pairs` measured pairs, under Callgrind."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("needs valgrind: apt-get install valgrind")
-    out = subprocess.run(
-        [
-            *(valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"),
-            *(sys.executable, __file__, "--run", target, str(clients), str(pairs)),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stderr
-    match = re.search(r"Collected : (\d+)", out)
-    if match is None:
-        raise SystemExit(f"no instruction count in valgrind's output:\n{out}")
-    return int(match.group(1))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -186,9 +163,14 @@ def main() -> int:
         target, clients, pairs = args.run[0], int(args.run[1]), int(args.run[2])
         uvloop.run(workload(target, clients, pairs))  # the loop `debugregd serve` runs on
         return 0
-    runs = [(t, n) for t in ("debugregd", "noop") for n in (0, args.pairs)]
+    callgrind = load("instructions").callgrind
+    runs = [
+        [sys.executable, __file__, "--run", target, str(args.clients), str(n)]
+        for target in ("debugregd", "noop")
+        for n in (0, args.pairs)
+    ]
     with ThreadPoolExecutor(max_workers=2) as pool:  # four Callgrind runs, two at a time
-        totals = list(pool.map(lambda run: counted(run[0], args.clients, run[1]), runs))
+        totals = list(pool.map(callgrind, runs))
     per_pair = {
         target: round((totals[2 * i + 1] - totals[2 * i]) / args.pairs)
         for i, target in enumerate(("debugregd", "noop"))

@@ -36,22 +36,22 @@ def pairs(live: int, n: int) -> None:
         arb.release(alloc.id, 1.0, session_id=session.id)
 
 
-def counted(live: int, n: int) -> int:
-    """Instructions of a whole run of this script doing `n` pairs, under Callgrind."""
+def callgrind(command: list[str]) -> int:
+    """Instructions of a whole run of `command`, under Callgrind."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("needs valgrind: apt-get install valgrind")
     tool = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    out = subprocess.run(
-        [*tool, sys.executable, __file__, "--run", str(live), str(n)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stderr
+    out = subprocess.run([*tool, *command], capture_output=True, text=True, check=True).stderr
     match = re.search(r"Collected : (\d+)", out)
     if match is None:
         raise SystemExit(f"no instruction count in valgrind's output:\n{out}")
     return int(match.group(1))
+
+
+def counted(live: int, n: int) -> int:
+    """Instructions of a whole run of this script doing `n` pairs, under Callgrind."""
+    return callgrind([sys.executable, __file__, "--run", str(live), str(n)])
 
 
 def main() -> int:
