@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from debugregd.core import Arbiter, State
 from debugregd.hub import EventHub
@@ -38,6 +45,33 @@ class Stats:
     evictions: int = 0
     refusals: int = 0
     events: dict[str, int] = field(default_factory=dict)
+
+
+class LatencyHistogram(Collector):
+    """A histogram the event loop fills with plain arithmetic, exposed at scrape time.
+
+    `prometheus_client.Histogram.observe` takes a lock and walks every bucket; it ran twice per
+    request. Only the loop thread observes, and /metrics is scraped on that thread too: no lock.
+    """
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.bounds = name, doc, buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one counts observations past the top
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le is "less or equal").
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, total = [], 0
+        for bound, n in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts, strict=True):
+            total += n
+            cumulative.append((bound, total))
+        family = HistogramMetricFamily(self.name, self.doc)
+        family.add_metric([], cumulative, self.sum)
+        yield family
 
 
 def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
@@ -105,18 +139,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.decisions = Histogram(
+        self.decisions = LatencyHistogram(
             "debugregd_decision_seconds",
             "Time the arbiter takes to decide one command",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.commits = Histogram(
+        self.commits = LatencyHistogram(
             "debugregd_journal_commit_seconds",
             "Time of one group commit to the journal",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
+        r.register(self.decisions)
+        r.register(self.commits)
         self.up = Gauge("debugregd_up", "1 while the daemon serves", registry=r)
 
     def watch(
