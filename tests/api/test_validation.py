@@ -196,6 +196,51 @@ def test_garbage_json_is_a_problem_and_changes_nothing(
     assert status in (400, 422)
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_is_a_422_that_says_to_send_json(
+    api: Api, session: Session, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+
+    def send() -> httpx.Response:
+        return session.http.post(
+            "/v1/allocations", content=json.dumps(good()).encode(), headers=headers
+        )
+
+    problem = assert_rejected_unchanged(api, send, 422)
+    assert "Content-Type: application/json" in problem["detail"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/x+json"])
+def test_a_json_content_type_with_parameters_or_a_suffix_is_accepted(
+    session: Session, content_type: str
+) -> None:
+    body = good(scope={"kind": "task", "tid": fresh_tid()})
+    response = session.http.post(
+        "/v1/allocations", content=json.dumps(body).encode(), headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 201, response.text
+    session.release(response.json()["id"])
+
+
+def test_an_empty_body_is_a_422_naming_the_body(api: Api, session: Session) -> None:
+    def send() -> httpx.Response:
+        return session.http.post(
+            "/v1/allocations", content=b"", headers={"Content-Type": "application/json"}
+        )
+
+    problem = assert_rejected_unchanged(api, send, 422)
+    assert problem["errors"] == [{"field": "body", "message": "Field required", "type": "missing"}]
+
+
+def test_a_nested_field_is_named_by_its_path(api: Api, session: Session) -> None:
+    problem = assert_rejected_unchanged(
+        api, lambda: session.http.post("/v1/allocations", json=task(tid="seven")), 422
+    )
+    assert [e["field"] for e in problem["errors"]] == ["scope.task.tid"]
+    assert "scope.task.tid" in problem["detail"]
+
+
 def oversized() -> dict[str, Any]:
     return good(label="x" * 70_000)  # > 65536 bytes, the default --max-body
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 
 from debugreg import schema
 from debugregd import wire
-from debugregd.api import idempotency
+from debugregd.api import bodies, idempotency
 from debugregd.api.context import Caller, admin_of, daemon_of, session_of
 from debugregd.api.responses import Json
 from debugregd.core import Allocation, Forbidden, InvalidRequest, ScopeKind, parse_priority
@@ -47,12 +47,13 @@ def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
     response_model=schema.Allocation,
     responses=PROBLEMS,
     summary="Request debug registers: 201 installed or waiting, 409 refused naming the blockers",
+    openapi_extra=bodies.documented(schema.AllocationRequest),
 )
 async def allocate(
-    body: schema.AllocationRequest,
     request: Request,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Json:
+    body = await bodies.parse(request, schema.AllocationRequest)
     d, who = daemon_of(request), session_of(request)
     if who.session is None:
         raise InvalidRequest(

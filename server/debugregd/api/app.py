@@ -16,7 +16,16 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from debugregd import __version__
-from debugregd.api import admin, allocations, dashboard, errors, events, monitoring, sessions
+from debugregd.api import (
+    admin,
+    allocations,
+    bodies,
+    dashboard,
+    errors,
+    events,
+    monitoring,
+    sessions,
+)
 from debugregd.api.context import Daemon
 from debugregd.api.limits import BodyLimit
 from debugregd.backends import make_backend
@@ -148,6 +157,7 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
     modules = (allocations, sessions, events, admin, monitoring, dashboard)
     app.router.routes[:0] = [route for module in modules for route in module.router.routes]
     app.mount("/static", StaticFiles(directory=dashboard.STATIC, check_dir=False), name="static")
+    bodies.install(app)
     return app
 
 

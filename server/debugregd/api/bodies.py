@@ -1,0 +1,113 @@
+"""JSON request bodies validated by pydantic straight from the bytes, for the hot routes.
+
+A FastAPI body parameter decodes the JSON with the standard library and then validates the Python
+objects, through its per-request dependency machinery; on `POST /v1/allocations` that was the
+largest single cost after the arbitration itself. `parse` keeps what the parameter gave (the same
+model, a JSON content type, a required body, `RequestValidationError`s that errors.py renders as
+the same problem+json) and `documented` keeps the OpenAPI document unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+_documented: dict[str, type[BaseModel]] = {}
+
+
+def _is_json(content_type: str | None) -> bool:
+    # What FastAPI's body parameter accepts: application/json or application/<anything>+json.
+    if content_type is None:
+        return False
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    """The request body as `model`; RequestValidationError (422, or 400 for malformed JSON)."""
+    raw = await request.body()
+    if not raw:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    if not _is_json(request.headers.get("content-type")):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "content_type",
+                    "loc": ("body",),
+                    "msg": "send the body as JSON, with 'Content-Type: application/json'",
+                    "input": None,
+                }
+            ]
+        )
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
+def documented(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that `parse`s `model`: the requestBody FastAPI would write."""
+    _documented[model.__name__] = model
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"content": {"application/json": {"schema": ref}}, "required": True}}
+
+
+def install(app: FastAPI) -> None:
+    """Add the `documented` models to `app`'s OpenAPI components, as FastAPI writes them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, found in _schemas_of(tuple(_documented.values())).items():
+                schemas.setdefault(name, found)
+            document["components"]["schemas"] = dict(sorted(schemas.items()))
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _schemas_of(models: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    """The components of `models` and of what they refer to, as FastAPI writes them: taken
+    from a throwaway app that declares each model as an ordinary body parameter."""
+    probe = FastAPI()
+    for n, model in enumerate(models):
+        probe.post(f"/{n}")(_taking(model))
+    every: dict[str, Any] = probe.openapi()["components"]["schemas"]
+    wanted, todo = {}, [m.__name__ for m in models]
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted[name] = every[name]
+            todo += _refs(every[name])
+    return wanted
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        own = [ref.rpartition("/")[2]] if isinstance(ref, str) else []
+        return own + [name for value in node.values() for name in _refs(value)]
+    if isinstance(node, list):
+        return [name for value in node for name in _refs(value)]
+    return []
+
+
+def _taking(model: type[BaseModel]) -> Callable[..., None]:
+    def endpoint(body: Any) -> None:
+        del body
+
+    endpoint.__annotations__ = {"body": model, "return": None}  # a model parameter is a body
+    return endpoint
