@@ -6,10 +6,12 @@ import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from fastapi import FastAPI, Header
 
+from debugreg import schema
 from debugregd.__main__ import main
 from debugregd.api.app import openapi_document
 from debugregd.config import build_parser
@@ -37,6 +39,33 @@ def test_the_committed_openapi_json_equals_the_apps_generated_document() -> None
         "openapi.json is out of date with the app: run `make openapi` and commit the result. "
         f"It differs at: {', '.join(changed[:10])}"
     )
+
+
+def test_routes_that_read_their_own_inputs_are_documented_as_declared_parameters() -> None:
+    # The allocate and release routes read body, header and path themselves (api/inputs.py);
+    # their operations must read exactly as FastAPI writes these parameters when declared.
+    probe = FastAPI()
+
+    @probe.post("/v1/allocations")
+    def allocate(
+        body: schema.AllocationRequest,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> None: ...
+
+    @probe.delete("/v1/allocations/{allocation_id}")
+    def release(allocation_id: str) -> None: ...
+
+    declared, document = probe.openapi(), json.loads(openapi_document())
+    for path, method in (
+        ("/v1/allocations", "post"),
+        ("/v1/allocations/{allocation_id}", "delete"),
+    ):
+        want, got = declared["paths"][path][method], document["paths"][path][method]
+        for part in ("parameters", "requestBody"):
+            assert got.get(part) == want.get(part), f"{method} {path}: {part} differs"
+    for name, component in declared["components"]["schemas"].items():
+        if name not in ("HTTPValidationError", "ValidationError"):
+            assert document["components"]["schemas"][name] == component, name
 
 
 def test_the_openapi_document_has_every_contract_path() -> None:

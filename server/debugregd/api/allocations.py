@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from debugreg import schema
 from debugregd import wire
-from debugregd.api import bodies, idempotency
+from debugregd.api import idempotency, inputs
 from debugregd.api.context import Caller, admin_of, daemon_of, session_of
 from debugregd.api.responses import Json
 from debugregd.core import Allocation, Forbidden, InvalidRequest, ScopeKind, parse_priority
@@ -47,13 +47,11 @@ def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
     response_model=schema.Allocation,
     responses=PROBLEMS,
     summary="Request debug registers: 201 installed or waiting, 409 refused naming the blockers",
-    openapi_extra=bodies.documented(schema.AllocationRequest),
+    openapi_extra=inputs.documented(schema.AllocationRequest, header="Idempotency-Key"),
 )
-async def allocate(
-    request: Request,
-    idempotency_key: Annotated[str | None, Header()] = None,
-) -> Json:
-    body = await bodies.parse(request, schema.AllocationRequest)
+async def allocate(request: Request) -> Json:
+    body = await inputs.body(request, schema.AllocationRequest)
+    idempotency_key = request.headers.get("idempotency-key")
     d, who = daemon_of(request), session_of(request)
     if who.session is None:
         raise InvalidRequest(
@@ -144,8 +142,10 @@ async def get_allocation(allocation_id: str, request: Request) -> Json:
     response_model=schema.Allocation,
     responses=PROBLEMS,
     summary="Release (owner or admin); idempotent",
+    openapi_extra=inputs.documented(path="allocation_id"),
 )
-async def release(allocation_id: str, request: Request) -> Json:
+async def release(request: Request) -> Json:
+    allocation_id: str = request.path_params["allocation_id"]
     d, who = daemon_of(request), session_of(request)
     alloc = d.arbiter.allocation(allocation_id)
     _visible(alloc, who)

@@ -19,10 +19,10 @@ from debugregd import __version__
 from debugregd.api import (
     admin,
     allocations,
-    bodies,
     dashboard,
     errors,
     events,
+    inputs,
     monitoring,
     sessions,
 )
@@ -157,7 +157,7 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
     modules = (allocations, sessions, events, admin, monitoring, dashboard)
     app.router.routes[:0] = [route for module in modules for route in module.router.routes]
     app.mount("/static", StaticFiles(directory=dashboard.STATIC, check_dir=False), name="static")
-    bodies.install(app)
+    inputs.install(app)
     return app
 
 
