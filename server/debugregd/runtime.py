@@ -29,6 +29,7 @@ log = logging.getLogger("debugregd")
 SNAPSHOT_EVERY = 50_000  # commands between snapshots: bounds replay time at start
 PRUNE_EVERY = 1_000  # events between retention sweeps
 IDEMPOTENCY_TTL_S = 24 * 3600
+TOKEN_CACHE = 4096  # valid tokens whose digests are remembered
 
 
 def token_digest(token: str) -> str:
@@ -57,6 +58,7 @@ class Runtime:
         self.retention = retention
         self.clock = clock
         self.tokens: dict[str, str] = journal.tokens()  # digest -> session id
+        self._digests: dict[str, str] = {}  # token -> digest, for tokens recently seen valid
         self.idempotency: dict[str, tuple[int, str]] = journal.idempotent_responses()
         self.stats = Stats()
         self.metrics = metrics or Metrics()
@@ -165,6 +167,19 @@ class Runtime:
                 batch.revoked.append(ev.session)
         return self._commit_soon()
 
+    def session_of_token(self, token: str) -> str | None:
+        """The id of the open session `token` belongs to, if any."""
+        digest = self._digests.get(token)
+        if digest is None:
+            # SHA-256 through OpenSSL cost more than a dictionary on every request; a valid
+            # token's digest is kept (a bounded set), so its next request looks it up directly.
+            digest = token_digest(token)
+            if digest in self.tokens:
+                if len(self._digests) >= TOKEN_CACHE:
+                    self._digests.clear()
+                self._digests[token] = digest
+        return self.tokens.get(digest)
+
     def add_token(self, session_id: str, digest: str) -> None:
         """A session's token digest; it commits with the command that opened the session."""
         self._batch.tokens.append((session_id, digest))
@@ -180,11 +195,12 @@ class Runtime:
             await self._commit_soon()
 
     def _commit_soon(self) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._pending.append(future)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:

@@ -12,7 +12,7 @@ from fastapi import Request
 from debugregd.api.errors import Problem, unauthorized
 from debugregd.config import Settings
 from debugregd.core import Arbiter, Session
-from debugregd.runtime import Runtime, token_digest
+from debugregd.runtime import Runtime
 
 COOKIE = "debugregd_admin"
 COOKIE_TTL_S = 12 * 3600
@@ -79,7 +79,7 @@ def caller_of(request: Request) -> Caller:
             raise unauthorized("use 'Authorization: Bearer <admin key or session token>'")
         if hmac.compare_digest(token.encode(), d.admin_key.encode()):
             return Caller(admin=True)
-        sid = d.rt.tokens.get(token_digest(token))
+        sid = d.rt.session_of_token(token)
         session = None if sid is None else d.arbiter.sessions.get(sid)
         if session is None:
             raise unauthorized(

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from debugregd import wire
 
@@ -37,8 +37,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """An event as the journal stores it; a tuple, so a batch's events are its rows as they are."""
+
     id: int
     type: str
     session: str | None
@@ -136,7 +137,7 @@ class Journal:
             if batch.events:
                 db.executemany(
                     "INSERT INTO events (id, type, session, body) VALUES (?, ?, ?, ?)",
-                    [(e.id, e.type, e.session, e.body) for e in batch.events],
+                    batch.events,
                 )
             if batch.tokens:
                 db.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?)", batch.tokens)
