@@ -90,13 +90,11 @@ def install(app: FastAPI) -> None:
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = generate()
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        if app.openapi_schema is None:  # FastAPI generates once and keeps the document
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
             for name, found in _schemas_of(tuple(_documented.values())).items():
                 schemas.setdefault(name, found)
-            document["components"]["schemas"] = dict(sorted(schemas.items()))
-        return app.openapi_schema or generate()
+        return generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
 
