@@ -10,7 +10,12 @@ body (`debugreg.schema.AllocationRequest`) and answers with a record of the same
 
     .venv/bin/python bench/http.py --json
 
-`--serve-noop PORT` runs only the no-op server (this script starts itself that way).
+The goal's anchor declares its parameters as FastAPI's documentation writes them; the daemon's
+allocate and release routes read theirs from the request (`debugregd.api.inputs`), which costs
+less. `--direct-noop` adds a third target, a no-op reading its inputs the same way, and its ratio:
+what the daemon's own work costs, with the plumbing alike.
+
+`--serve-noop PORT [--direct]` runs only a no-op server (this script starts itself that way).
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
-from fastapi import FastAPI, Header  # noqa: E402
+from fastapi import FastAPI, Header, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
 from debugreg.schema import AllocationRequest  # noqa: E402
+from debugregd.api import inputs  # noqa: E402
 
 BODY = (
     '{"scope":{"kind":"task","tid":%d},"address":"0x7ffd1000","length":8,'
@@ -110,8 +116,13 @@ end
 """
 
 
-def noop_app() -> FastAPI:
-    """The anchor: the daemon's routes with the same body parsing and no arbitration."""
+def noop_app(direct: bool = False) -> FastAPI:
+    """The anchor: the daemon's routes with the same body parsing and no arbitration.
+
+    They declare their body, header and path parameters, as FastAPI's documentation writes
+    them. With `direct`, they read them from the request instead, as the daemon's allocate and
+    release routes do (`debugregd.api.inputs`): the anchor that isolates the daemon's own work.
+    """
     app = FastAPI(title="no-op", max_body_size=65_536)
     counter = [0]
 
@@ -140,18 +151,35 @@ def noop_app() -> FastAPI:
             "updated_at": now,
         }
 
-    @app.post("/v1/allocations", status_code=201)
-    async def allocate(
-        body: AllocationRequest, authorization: Annotated[str | None, Header()] = None
-    ) -> JSONResponse:
+    def created(body: AllocationRequest) -> JSONResponse:
         counter[0] += 1
         return JSONResponse(record(body, f"a{counter[0]}", "installed"), status_code=201)
 
-    @app.delete("/v1/allocations/{allocation_id}")
-    async def release(
-        allocation_id: str, authorization: Annotated[str | None, Header()] = None
-    ) -> JSONResponse:
-        return JSONResponse(record(None, allocation_id, "released"))
+    if direct:
+
+        @app.post("/v1/allocations", status_code=201)
+        async def allocate_direct(request: Request) -> JSONResponse:
+            request.headers.get("authorization")
+            return created(await inputs.body(request, AllocationRequest))
+
+        @app.delete("/v1/allocations/{allocation_id}")
+        async def release_direct(request: Request) -> JSONResponse:
+            request.headers.get("authorization")
+            return JSONResponse(record(None, request.path_params["allocation_id"], "released"))
+
+    else:
+
+        @app.post("/v1/allocations", status_code=201)
+        async def allocate(
+            body: AllocationRequest, authorization: Annotated[str | None, Header()] = None
+        ) -> JSONResponse:
+            return created(body)
+
+        @app.delete("/v1/allocations/{allocation_id}")
+        async def release(
+            allocation_id: str, authorization: Annotated[str | None, Header()] = None
+        ) -> JSONResponse:
+            return JSONResponse(record(None, allocation_id, "released"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -160,10 +188,10 @@ def noop_app() -> FastAPI:
     return app
 
 
-def serve_noop(port: int) -> int:
+def serve_noop(port: int, direct: bool) -> int:
     """Serve the no-op app exactly as `debugregd serve` serves the daemon."""
     config = uvicorn.Config(
-        noop_app(),
+        noop_app(direct),
         host="127.0.0.1",
         port=port,
         workers=1,
@@ -254,22 +282,27 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def start_servers(
-    stack: contextlib.ExitStack, tmp: str, cpus: int
+    stack: contextlib.ExitStack, tmp: str, cpus: int, direct_noop: bool = False
 ) -> tuple[dict[str, str], dict[str, subprocess.Popen[bytes]]]:
-    """Start debugregd and the no-op server; both are stopped (SIGTERM) when `stack` closes."""
+    """Start debugregd and the no-op server (and the direct no-op); all are stopped (SIGTERM)
+    when `stack` closes."""
     env = dict(os.environ, DEBUGREGD_ADMIN_KEY=secrets.token_urlsafe(16))
-    daemon_port, noop_port = free_port(), free_port()
+    ports = {"debugregd": free_port(), "noop": free_port()}
+    if direct_noop:
+        ports["noop_direct"] = free_port()
+    me = str(Path(__file__).resolve())
     commands = {
         "debugregd": [
-            *(sys.executable, "-m", "debugregd", "serve", "--port", str(daemon_port)),
+            *(sys.executable, "-m", "debugregd", "serve", "--port", str(ports["debugregd"])),
             *("--state-dir", f"{tmp}/state", "--cpus", str(cpus)),
         ],
-        "noop": [sys.executable, str(Path(__file__).resolve()), "--serve-noop", str(noop_port)],
+        "noop": [sys.executable, me, "--serve-noop", str(ports["noop"])],
     }
-    urls = {
-        "debugregd": f"http://127.0.0.1:{daemon_port}",
-        "noop": f"http://127.0.0.1:{noop_port}",
-    }
+    if direct_noop:
+        commands["noop_direct"] = [
+            *(sys.executable, me, "--serve-noop", str(ports["noop_direct"]), "--direct")
+        ]
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     log = stack.enter_context(Path(tmp, "servers.log").open("ab"))  # noqa: SIM115 (the stack closes it)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for name, cmd in commands.items():
@@ -302,7 +335,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("bench/http.py needs wrk (Debian package 'wrk')")
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, contextlib.ExitStack() as stack:
-        targets, procs = start_servers(stack, tmp, args.cpus)
+        targets, procs = start_servers(stack, tmp, args.cpus, args.direct_noop)
         session = httpx.post(
             f"{targets['debugregd']}/v1/sessions",
             json={"name": "bench-http", "ttl_s": 86_400},
@@ -336,6 +369,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     profiler.wait(timeout=60)
     results = {name: summarise(r) for name, r in rounds.items()}
     ratio = results["debugregd"]["pairs_per_s"] / max(results["noop"]["pairs_per_s"], 1e-9)
+    extra: dict[str, Any] = {}
+    if "noop_direct" in results:
+        direct = results["debugregd"]["pairs_per_s"] / results["noop_direct"]["pairs_per_s"]
+        extra = {"noop_direct": results["noop_direct"], "ratio_to_direct": round(direct, 3)}
     return {
         "benchmark": "http allocate+release",
         "machine": machine(),
@@ -352,6 +389,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": round(ratio, 3),
         "goal_ratio": GOAL_RATIO,
         "goal_met": ratio >= GOAL_RATIO,
+        **extra,
     }
 
 
@@ -363,7 +401,9 @@ def show(result: dict[str, Any]) -> None:
         f"{w['rounds']} x {w['duration_s']} s per target"
     )
     print(f"{'target':<10} {'pairs/s':>10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")
-    for name in ("debugregd", "noop"):
+    for name in ("debugregd", "noop", "noop_direct"):
+        if name not in result:
+            continue
         r = result[name]
         print(
             f"{name:<10} {r['pairs_per_s']:>10.1f} {r['requests_per_s']:>10.1f} "
@@ -371,6 +411,8 @@ def show(result: dict[str, Any]) -> None:
         )
     verdict = "met" if result["goal_met"] else "MISSED"
     print(f"ratio debugregd/no-op: {result['ratio']:.3f} (goal >= {GOAL_RATIO}: {verdict})")
+    if "ratio_to_direct" in result:
+        print(f"ratio debugregd/direct no-op: {result['ratio_to_direct']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,10 +429,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="profile the daemon's first measured round with py-spy (collapsed stacks to FILE)",
     )
+    parser.add_argument(
+        "--direct-noop",
+        action="store_true",
+        help="also measure a no-op that reads its inputs from the request, as the daemon does",
+    )
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_noop is not None:
-        return serve_noop(args.serve_noop)
+        return serve_noop(args.serve_noop, args.direct)
     result = bench(args)
     if args.json:
         print(json.dumps(result, indent=2))

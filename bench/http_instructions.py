@@ -1,6 +1,7 @@
 """Instructions per allocate+release pair through the HTTP app, debugregd next to bench/http.py's
-no-op, counted by Callgrind: the steady figure for comparing two versions of the request path on a
-machine too noisy to time them.
+no-op and its direct variant (`--direct-noop` there), counted by Callgrind: the steady figure for
+comparing two versions of the request path on a machine too noisy to time them. Instructions are
+not time: fewer instructions than the no-op's can still take longer.
 
     .venv/bin/python bench/http_instructions.py --json
 
@@ -143,7 +144,7 @@ async def workload(target: str, clients: int, pairs: int) -> None:
         )
         assert status == 201, out
         token = json.loads(out)["token"]
-        app = daemon if target == "debugregd" else bench.noop_app()
+        app = daemon if target == "debugregd" else bench.noop_app(target == "noop_direct")
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)  # as `debugregd serve` sets it
@@ -164,20 +165,22 @@ def main() -> int:
         uvloop.run(workload(target, clients, pairs))  # the loop `debugregd serve` runs on
         return 0
     callgrind = load("instructions").callgrind
+    targets = ("debugregd", "noop", "noop_direct")
     runs = [
         [sys.executable, __file__, "--run", target, str(args.clients), str(n)]
-        for target in ("debugregd", "noop")
+        for target in targets
         for n in (0, args.pairs)
     ]
-    with ThreadPoolExecutor(max_workers=2) as pool:  # four Callgrind runs, two at a time
+    with ThreadPoolExecutor(max_workers=2) as pool:  # six Callgrind runs, two at a time
         totals = list(pool.map(callgrind, runs))
     per_pair = {
         target: round((totals[2 * i + 1] - totals[2 * i]) / args.pairs)
-        for i, target in enumerate(("debugregd", "noop"))
+        for i, target in enumerate(targets)
     }
     result = {
         "instructions_per_pair": per_pair,
         "ratio": round(per_pair["noop"] / per_pair["debugregd"], 3),
+        "ratio_to_direct": round(per_pair["noop_direct"] / per_pair["debugregd"], 3),
         "clients": args.clients,
         "pairs": args.pairs,
     }
@@ -187,6 +190,7 @@ def main() -> int:
         for target, n in per_pair.items():
             print(f"{target:<10} {n:>12,} instructions per pair")
         print(f"ratio no-op/debugregd: {result['ratio']:.3f}")
+        print(f"ratio direct no-op/debugregd: {result['ratio_to_direct']:.3f}")
     return 0
 
 
