@@ -44,6 +44,10 @@ def dumps(data: Any) -> str:
 def encode(data: Any) -> bytes:
     """`dumps` as UTF-8 bytes, for response bodies."""
     try:
+        return orjson.dumps(data)
+    except TypeError:  # non-string keys (snapshots key by CPU), which this option costs more for
+        pass
+    try:
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:  # orjson stops at 64-bit integers; the standard library does not
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
