@@ -159,12 +159,12 @@ def noop_app(direct: bool = False) -> FastAPI:
 
         @app.post("/v1/allocations", status_code=201)
         async def allocate_direct(request: Request) -> JSONResponse:
-            request.headers.get("authorization")
+            request.headers.get("authorization")  # read, as the daemon reads it
             return created(await inputs.body(request, AllocationRequest))
 
         @app.delete("/v1/allocations/{allocation_id}")
         async def release_direct(request: Request) -> JSONResponse:
-            request.headers.get("authorization")
+            request.headers.get("authorization")  # read, as the daemon reads it
             return JSONResponse(record(None, request.path_params["allocation_id"], "released"))
 
     else:
@@ -299,9 +299,8 @@ def start_servers(
         "noop": [sys.executable, me, "--serve-noop", str(ports["noop"])],
     }
     if direct_noop:
-        commands["noop_direct"] = [
-            *(sys.executable, me, "--serve-noop", str(ports["noop_direct"]), "--direct")
-        ]
+        port = str(ports["noop_direct"])
+        commands["noop_direct"] = [sys.executable, me, "--serve-noop", port, "--direct"]
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     log = stack.enter_context(Path(tmp, "servers.log").open("ab"))  # noqa: SIM115 (the stack closes it)
     procs: dict[str, subprocess.Popen[bytes]] = {}
