@@ -34,7 +34,7 @@ from debugregd.core import Arbiter, make_profile
 from debugregd.hub import EventHub
 from debugregd.metrics import Metrics
 from debugregd.runtime import Runtime
-from debugregd.store.journal import Journal
+from debugregd.store.journal import Journal, LayoutError
 
 log = logging.getLogger("debugregd")
 
@@ -73,7 +73,10 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 
 
 def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
-    journal = Journal(settings.state_dir / "journal.sqlite3", synchronous=settings.synchronous)
+    try:
+        journal = Journal(settings.state_dir / "journal.sqlite3", synchronous=settings.synchronous)
+    except LayoutError as exc:
+        raise StartupError(str(exc)) from None
     wanted = host_config(settings)
     stored = journal.meta("host")
     if stored is None:

@@ -2,9 +2,9 @@
 
 The core is deterministic, so the journal records the commands that changed it (with the time they
 ran at) and the events they caused. On start the daemon restores the latest snapshot and replays
-the commands after it; the events table serves stream resumption. A command and its events commit
+the commands after it; the event batches serve stream resumption. A command and its events commit
 in one transaction, and a response is sent only after that commit (group commit: every command of
-one loop tick shares one transaction).
+one loop tick shares one transaction, and one row in each table).
 
 WAL with synchronous=NORMAL survives a killed process (SIGKILL) with every committed transaction;
 set `synchronous="FULL"` to survive power loss too, at the cost of an fsync per commit.
@@ -21,11 +21,21 @@ from typing import Any, NamedTuple
 
 from debugregd import wire
 
+SCHEMA_VERSION = 2  # SQLite's user_version; 0 is the first layout, one row per command and event
+
+# One group commit writes one row to `commands` and one to `event_batches`: a row's SQLite cost
+# (a B-tree insert now, a delete at pruning) is paid per batch, not per command and per event.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS commands (seq INTEGER PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, type TEXT NOT NULL, session TEXT, body TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS commands (
+    seq INTEGER PRIMARY KEY,  -- the batch's last command's sequence number
+    body TEXT NOT NULL  -- a JSON array of the batch's commands
+);
+CREATE TABLE IF NOT EXISTS event_batches (
+    last INTEGER PRIMARY KEY,  -- the batch's last event id
+    first INTEGER NOT NULL,
+    heads TEXT NOT NULL,  -- a JSON array of [id, type, session], one per event
+    bodies TEXT NOT NULL  -- each event's wire JSON, one per line (JSON text has no raw newline)
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     seq INTEGER PRIMARY KEY, event_id INTEGER NOT NULL, body TEXT NOT NULL
@@ -36,9 +46,21 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
+# From layout 0 (one row per command, one per event), in the transaction that opens the journal.
+MIGRATE_FROM_0 = """
+UPDATE commands SET body = '[' || body || ']';
+INSERT INTO event_batches
+    SELECT id, id, json_array(json_array(id, type, session)), body FROM events ORDER BY id;
+DROP TABLE events;
+"""
+
+
+class LayoutError(RuntimeError):
+    """The journal was written in a layout this version cannot read."""
+
 
 class StoredEvent(NamedTuple):
-    """An event as the journal stores it; a tuple, so a batch's events are its rows as they are."""
+    """An event as the journal stores it and streams send it."""
 
     id: int
     type: str
@@ -70,13 +92,45 @@ class Journal:
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
+        # Only this daemon opens its journal (it holds the state directory's lock), so SQLite
+        # may too: in exclusive mode the WAL index lives in this process's memory, and a commit
+        # takes no file locks (six fcntl calls a commit otherwise). Set before WAL is entered.
+        try:
+            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except BaseException:
+            self.db.close()  # and its lock: the file stays as it was, for the version that reads it
+            raise
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM commands").fetchone()
         snap = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM snapshots").fetchone()
         self.last_seq = max(int(row[0]), int(snap[0]))
+
+    def _migrate(self) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise LayoutError(
+                    f"{self.path} was written by a newer debugregd (journal layout {version}, "
+                    f"this one reads up to {SCHEMA_VERSION}); run that version or a new state dir"
+                )
+            old = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone()
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if old is not None:
+                for statement in MIGRATE_FROM_0.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     # -- reading, at start
 
@@ -97,8 +151,12 @@ class Journal:
         cursor = self.db.execute(
             "SELECT seq, body FROM commands WHERE seq > ? ORDER BY seq", (seq,)
         )
-        for s, body in cursor:
-            yield int(s), json.loads(body)
+        for last, body in cursor:
+            commands = json.loads(body)
+            first = int(last) - len(commands) + 1
+            for n, command in enumerate(commands, first):
+                if n > seq:
+                    yield n, command
 
     def tokens(self) -> dict[str, str]:
         """Token digest -> session id."""
@@ -111,15 +169,23 @@ class Journal:
     # -- events, for stream resumption
 
     def earliest_event(self) -> int:
-        row = self.db.execute("SELECT MIN(id) FROM events").fetchone()
-        return 0 if row[0] is None else int(row[0])
+        row = self.db.execute("SELECT first FROM event_batches ORDER BY last LIMIT 1").fetchone()
+        return 0 if row is None else int(row[0])
 
     def events_after(self, event_id: int, limit: int = 1000) -> list[StoredEvent]:
+        """Up to `limit` events with ids above `event_id`, in order."""
         rows = self.db.execute(
-            "SELECT id, type, session, body FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT heads, bodies FROM event_batches WHERE last > ? ORDER BY last LIMIT ?",
             (event_id, limit),
-        ).fetchall()
-        return [StoredEvent(int(i), str(t), s, str(b)) for i, t, s, b in rows]
+        )
+        out: list[StoredEvent] = []
+        for heads, bodies in rows:
+            for (i, t, s), b in zip(json.loads(heads), bodies.split("\n"), strict=True):
+                if i > event_id:
+                    out.append(StoredEvent(int(i), str(t), s, b))
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     # -- writing
 
@@ -129,15 +195,19 @@ class Journal:
         db.execute("BEGIN IMMEDIATE")
         try:
             if batch.commands:
-                first = self.last_seq + 1
-                db.executemany(
+                db.execute(
                     "INSERT INTO commands (seq, body) VALUES (?, ?)",
-                    [(first + i, body) for i, body in enumerate(batch.commands)],
+                    (self.last_seq + len(batch.commands), f"[{','.join(batch.commands)}]"),
                 )
-            if batch.events:
-                db.executemany(
-                    "INSERT INTO events (id, type, session, body) VALUES (?, ?, ?, ?)",
-                    batch.events,
+            if events := batch.events:
+                db.execute(
+                    "INSERT INTO event_batches VALUES (?, ?, ?, ?)",
+                    (
+                        events[-1].id,
+                        events[0].id,
+                        wire.dumps([(e.id, e.type, e.session) for e in events]),
+                        "\n".join([e.body for e in events]),
+                    ),
                 )
             if batch.tokens:
                 db.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?)", batch.tokens)
@@ -172,9 +242,11 @@ class Journal:
             raise
 
     def prune(self, keep_events: int, idempotency_before: float) -> None:
-        """Bound the event history (retention) and forget old idempotency keys."""
+        """Bound the event history (retention: at least the newest `keep_events` are kept,
+        whole batches at a time) and forget old idempotency keys."""
         self.db.execute(
-            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep_events,)
+            "DELETE FROM event_batches WHERE last <= (SELECT MAX(last) FROM event_batches) - ?",
+            (keep_events,),
         )
         self.db.execute("DELETE FROM idempotency WHERE created_at < ?", (idempotency_before,))
 
