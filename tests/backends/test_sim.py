@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from debugregd.backends import SimBackend, make_backend
+from debugregd.backends.sim import LOG_LIMIT
 from debugregd.core import Access, Arbiter, OnEvict, Priority, Request, Scope
 
 WORD = 0x7FFD1000
@@ -28,7 +29,7 @@ def test_installed_allocation_is_armed_with_its_record() -> None:
         {"cpu": 0, "pool": "dr", "index": 0},
         {"cpu": 1, "pool": "dr", "index": 0},
     ]
-    assert sim.log == [("installed", alloc.id)]
+    assert list(sim.log) == [("installed", alloc.id)]
 
 
 def test_released_allocation_is_disarmed() -> None:
@@ -38,7 +39,7 @@ def test_released_allocation_is_disarmed() -> None:
     _, events = arb.release(alloc.id, 1.0)
     sim.apply(events)
     assert sim.armed == {}
-    assert sim.log == [("installed", alloc.id), ("released", alloc.id)]
+    assert list(sim.log) == [("installed", alloc.id), ("released", alloc.id)]
 
 
 def test_moved_allocation_keeps_its_latest_record() -> None:
@@ -51,7 +52,7 @@ def test_moved_allocation_keeps_its_latest_record() -> None:
     _, events = arb.release(first.id, 1.0)
     sim.apply(events)
     assert sim.armed[second.id]["registers"] == [{"cpu": 0, "pool": "dr", "index": 0}]
-    assert sim.log[-2:] == [("released", first.id), ("moved", second.id)]
+    assert list(sim.log)[-2:] == [("released", first.id), ("moved", second.id)]
 
 
 def test_evicted_allocation_is_disarmed_and_rearmed_when_reinstalled() -> None:
@@ -69,7 +70,7 @@ def test_evicted_allocation_is_disarmed_and_rearmed_when_reinstalled() -> None:
     _, events = arb.release(high.id, 2.0)
     sim.apply(events)
     assert victim.id in sim.armed
-    assert sim.log[-2:] == [("released", high.id), ("reinstalled", victim.id)]
+    assert list(sim.log)[-2:] == [("released", high.id), ("reinstalled", victim.id)]
 
 
 def test_sim_never_reports_hits_of_its_own() -> None:
@@ -89,3 +90,15 @@ def test_unknown_backend_name_is_refused_with_the_choices() -> None:
     assert make_backend("sim").name == "sim"
     with pytest.raises(ValueError, match="choose one of sim, perf"):
         make_backend("ptrace")
+
+
+def test_the_log_keeps_only_the_newest_entries() -> None:
+    """A daemon on the sim backend runs for months: its log must not grow with every event."""
+    arb, sim = Arbiter(ncpus=1), SimBackend()
+    for tid in range(1, LOG_LIMIT + 2):  # one more pair than the log holds
+        alloc, events = arb.allocate(None, watch(tid), 0.0)
+        sim.apply(events)
+        sim.apply(arb.release(alloc.id, 0.0)[1])
+    assert len(sim.log) == LOG_LIMIT
+    assert list(sim.log)[-1] == ("released", alloc.id)
+    assert sim.armed == {}

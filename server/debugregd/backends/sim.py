@@ -5,11 +5,14 @@ Hits in simulation come from the core itself (`Arbiter.access`), so this backend
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from debugregd.backends.base import ARM_EVENTS, DISARM_EVENTS, ArmFailure, Hit
 from debugregd.core.model import Event
+
+LOG_LIMIT = 10_000  # the newest (type, allocation) entries kept: a daemon runs for months
 
 
 class SimBackend:
@@ -19,7 +22,8 @@ class SimBackend:
 
     def __init__(self) -> None:
         self.armed: dict[str, dict[str, Any]] = {}  # allocation id -> record as last announced
-        self.log: list[tuple[str, str]] = []  # (event type, allocation id), in order
+        # (event type, allocation id), in order, the newest LOG_LIMIT
+        self.log: deque[tuple[str, str]] = deque(maxlen=LOG_LIMIT)
 
     def apply(self, events: Sequence[Event]) -> list[ArmFailure]:
         """Record arming, moving and disarming; the simulation never refuses."""
