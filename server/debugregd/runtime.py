@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +60,11 @@ class Runtime:
         self.clock = clock
         self.tokens: dict[str, str] = journal.tokens()  # digest -> session id
         self._digests: dict[str, str] = {}  # token -> digest, for tokens recently seen valid
-        self.idempotency: dict[str, tuple[int, str]] = journal.idempotent_responses()
+        self.idempotency: dict[str, tuple[int, str]] = {}  # key -> (status, body)
+        self._remembered: deque[tuple[float, str]] = deque()  # (created_at, key), oldest first
+        for key, status, body, created_at in journal.idempotent_responses():
+            self.idempotency[key] = (status, body)
+            self._remembered.append((created_at, key))
         self.stats = Stats()
         self.metrics = metrics or Metrics()
         self.failed: BaseException | None = None
@@ -186,8 +191,10 @@ class Runtime:
 
     def remember(self, key: str, status: int, body: str) -> None:
         """Record an idempotent response; it commits with the command that produced it."""
+        now = self.clock()
         self.idempotency[key] = (status, body)
-        self._batch.idempotency.append((key, status, body, self.clock()))
+        self._remembered.append((now, key))
+        self._batch.idempotency.append((key, status, body, now))
 
     async def barrier(self) -> None:
         """Wait until everything staged so far is committed."""
@@ -241,10 +248,20 @@ class Runtime:
     def _maintain(self) -> None:
         if self._since_prune >= PRUNE_EVERY:
             self._since_prune = 0
-            self.journal.prune(self.retention, self.clock() - IDEMPOTENCY_TTL_S)
+            self.prune(self.clock())
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self._since_snapshot = 0
             self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
+
+    def prune(self, now: float) -> None:
+        """Apply retention: the journal's oldest events, and idempotency keys older than
+        IDEMPOTENCY_TTL_S, in memory as in the journal (a restart must not change the answer)."""
+        before = now - IDEMPOTENCY_TTL_S
+        self.journal.prune(self.retention, before)
+        remembered = self._remembered
+        while remembered and remembered[0][0] < before:
+            _, key = remembered.popleft()
+            self.idempotency.pop(key, None)
 
     def _count(self, ev: Event) -> None:
         stats = self.stats

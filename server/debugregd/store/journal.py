@@ -162,9 +162,12 @@ class Journal:
         """Token digest -> session id."""
         return {str(d): str(s) for s, d in self.db.execute("SELECT session, digest FROM tokens")}
 
-    def idempotent_responses(self) -> dict[str, tuple[int, str]]:
-        rows = self.db.execute("SELECT key, status, body FROM idempotency")
-        return {str(k): (int(st), str(b)) for k, st, b in rows}
+    def idempotent_responses(self) -> list[tuple[str, int, str, float]]:
+        """(key, status, body, created_at), oldest first."""
+        rows = self.db.execute(
+            "SELECT key, status, body, created_at FROM idempotency ORDER BY created_at"
+        )
+        return [(str(k), int(st), str(b), float(at)) for k, st, b, at in rows]
 
     # -- events, for stream resumption
 
