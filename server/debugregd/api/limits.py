@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,17 +18,17 @@ class BodyLimit:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function returning the inner app's coroutine, not a coroutine of its own: a
+        # request waiting for its commit then suspends and resumes through one frame fewer.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 response = problem(
                     413, "request-body-too-large", "Request body too large", self._detail()
                 )
-                await response(scope, receive, send)
-                return
+                return response(scope, receive, send)
         received = 0
 
         async def counted() -> Message:
@@ -38,7 +40,7 @@ class BodyLimit:
                     raise HTTPException(413, self._detail())
             return message
 
-        await self.app(scope, counted, send)
+        return self.app(scope, counted, send)
 
     def _detail(self) -> str:
         return f"the request body is larger than {self.limit} bytes (--max-body); send less"
