@@ -68,6 +68,14 @@ def test_restore_of_a_snapshot_gives_an_equal_snapshot() -> None:
     assert Arbiter.restore(snap).snapshot() == snap
 
 
+def test_a_snapshot_holds_each_request_as_the_request_writes_itself() -> None:
+    arb = busy_host()
+    snap = arb.snapshot()
+    every = {**arb.allocations, **arb.history}
+    for item in snap["allocations"] + snap["history"]:
+        assert item["request"] == every[item["id"]].request().to_dict()
+
+
 def test_a_snapshot_is_plain_data_that_survives_json() -> None:
     arb = busy_host()
     snap = arb.snapshot()

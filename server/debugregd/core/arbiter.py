@@ -956,15 +956,28 @@ def _triggers(watched: Access, kind: str) -> bool:
 
 
 def _alloc_state(alloc: Allocation) -> dict[str, Any]:
+    # A snapshot holds every history record (10,000 by default) and stalls the daemon while it
+    # is taken, so this builds the request's plain form directly (as `Request.to_dict` writes
+    # it), and keeps StrEnum members, which are their values, instead of reading `.value`.
     return {
         "id": alloc.id,
         "session": alloc.session,
-        "request": alloc.request().to_dict(),
+        "request": {
+            "scope": alloc.scope.to_dict(),
+            "address": alloc.address,
+            "length": alloc.length,
+            "access": alloc.access,
+            "priority": alloc.priority,
+            "evictable": alloc.evictable,
+            "on_evict": alloc.on_evict,
+            "wait": alloc.wait,
+            "label": alloc.label,
+        },
         "pool": alloc.pool,
-        "space": alloc.space.value,
+        "space": alloc.space,
         "chunks": [list(c) for c in alloc.chunks],
         "seq": alloc.seq,
-        "state": None if alloc.state is None else alloc.state.value,
+        "state": alloc.state,
         "generation": alloc.generation,
         "created_at": alloc.created_at,
         "updated_at": alloc.updated_at,
