@@ -15,6 +15,10 @@ allocate and release routes read theirs from the request (`debugregd.api.inputs`
 less. `--direct-noop` adds a third target, a no-op reading its inputs the same way, and its ratio:
 what the daemon's own work costs, with the plumbing alike.
 
+Each target's own CPU time (user and system, from /proc) per pair, and the share of the wall
+time it was busy, come with its figures: a server that is not busy all the time is waiting on
+something other than its CPU.
+
 `--serve-noop PORT [--direct]` runs only a no-op server (this script starts itself that way).
 """
 
@@ -263,6 +267,13 @@ def run_wrk(
     raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU time so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over the measured rounds; latency percentiles are the worst round's."""
     seconds = sum(r["duration_us"] for r in rounds) / 1e6
@@ -278,6 +289,11 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "max_ms": round(max(r["max_us"] for r in rounds) / 1000, 3),
         "failed": sum(r["failed"] + r["socket_errors"] for r in rounds),
         "rounds_pairs_per_s": [round(r["released"] / (r["duration_us"] / 1e6), 1) for r in rounds],
+        # The server's own CPU per pair: user (Python, parsing, SQLite) and system (sockets,
+        # journal writes). Where time goes when instruction counts do not say.
+        "cpu_user_us_per_pair": round(sum(r["cpu_user_s"] for r in rounds) / pairs * 1e6, 1),
+        "cpu_sys_us_per_pair": round(sum(r["cpu_sys_s"] for r in rounds) / pairs * 1e6, 1),
+        "cpu_busy": round(sum(r["cpu_user_s"] + r["cpu_sys_s"] for r in rounds) / seconds, 3),
     }
 
 
@@ -361,9 +377,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-                rounds[name].append(
-                    run_wrk(url, script, args.threads, args.connections, args.duration)
-                )
+                user, sys_ = cpu_seconds(procs[name].pid)
+                result = run_wrk(url, script, args.threads, args.connections, args.duration)
+                user_after, sys_after = cpu_seconds(procs[name].pid)
+                result["cpu_user_s"] = user_after - user
+                result["cpu_sys_s"] = sys_after - sys_
+                rounds[name].append(result)
                 if profiler is not None:
                     profiler.wait(timeout=60)
     results = {name: summarise(r) for name, r in rounds.items()}
@@ -399,14 +418,19 @@ def show(result: dict[str, Any]) -> None:
         f"wrk: {w['threads']} thread(s), {w['connections']} connections, "
         f"{w['rounds']} x {w['duration_s']} s per target"
     )
-    print(f"{'target':<10} {'pairs/s':>10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")
+    print(
+        f"{'target':<11} {'pairs/s':>9} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6} "
+        f"{'cpu us/pair':>11} {'busy':>5}"
+    )
     for name in ("debugregd", "noop", "noop_direct"):
         if name not in result:
             continue
         r = result[name]
+        cpu = r["cpu_user_us_per_pair"] + r["cpu_sys_us_per_pair"]
         print(
-            f"{name:<10} {r['pairs_per_s']:>10.1f} {r['requests_per_s']:>10.1f} "
-            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['failed']:>7}"
+            f"{name:<11} {r['pairs_per_s']:>9.1f} {r['requests_per_s']:>9.1f} "
+            f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['failed']:>6} {cpu:>11.0f} "
+            f"{r['cpu_busy']:>5.2f}"
         )
     verdict = "met" if result["goal_met"] else "MISSED"
     print(f"ratio debugregd/no-op: {result['ratio']:.3f} (goal >= {GOAL_RATIO}: {verdict})")
