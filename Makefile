@@ -31,6 +31,7 @@ openapi: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/core.py --json
 	$(BIN)/python bench/http.py --json
+	$(BIN)/python bench/journal.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

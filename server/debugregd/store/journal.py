@@ -182,12 +182,15 @@ class Journal:
             (event_id, limit),
         )
         out: list[StoredEvent] = []
-        for heads, bodies in rows:
-            for (i, t, s), b in zip(json.loads(heads), bodies.split("\n"), strict=True):
-                if i > event_id:
-                    out.append(StoredEvent(int(i), str(t), s, b))
-            if len(out) >= limit:
-                break
+        try:
+            for heads, bodies in rows:
+                for (i, t, s), b in zip(json.loads(heads), bodies.split("\n"), strict=True):
+                    if i > event_id:
+                        out.append(StoredEvent(int(i), str(t), s, b))
+                if len(out) >= limit:
+                    break
+        finally:
+            rows.close()  # a statement left open would hold its read until collected
         return out[:limit]
 
     # -- writing
