@@ -129,7 +129,7 @@ def test_a_journal_from_a_newer_layout_is_refused_and_left_alone(tmp_path: Path)
         assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
 
 
-def test_while_the_daemon_has_its_journal_open_no_other_connection_writes_it(
+def test_while_the_daemon_has_its_journal_open_no_other_connection_reads_or_writes_it(
     tmp_path: Path,
 ) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
@@ -137,6 +137,8 @@ def test_while_the_daemon_has_its_journal_open_no_other_connection_writes_it(
     other = sqlite3.connect(tmp_path / "j.sqlite3", timeout=0)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         other.execute("INSERT INTO meta VALUES ('k', 'v')")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # as the README says
+        other.execute("SELECT count(*) FROM commands").fetchone()
     other.close()
     journal.close()
     with sqlite3.connect(tmp_path / "j.sqlite3") as db:  # closed: anyone may read it
