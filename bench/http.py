@@ -163,12 +163,12 @@ def noop_app(direct: bool = False) -> FastAPI:
 
         @app.post("/v1/allocations", status_code=201)
         async def allocate_direct(request: Request) -> JSONResponse:
-            request.headers.get("authorization")  # read, as the daemon reads it
+            inputs.header(request, b"authorization")  # read, as the daemon reads it
             return created(await inputs.body(request, AllocationRequest))
 
         @app.delete("/v1/allocations/{allocation_id}")
         async def release_direct(request: Request) -> JSONResponse:
-            request.headers.get("authorization")  # read, as the daemon reads it
+            inputs.header(request, b"authorization")  # read, as the daemon reads it
             return JSONResponse(record(None, request.path_params["allocation_id"], "released"))
 
     else:

@@ -107,7 +107,7 @@ def serve(settings: Settings) -> int:
     )
 
     def end_streams() -> None:
-        runtime = app.state.daemon.runtime
+        runtime = app.daemon.runtime
         if runtime is not None:
             runtime.hub.close()
 

@@ -20,7 +20,7 @@ from typing import Any
 from debugregd import wire
 from debugregd.backends.base import Backend
 from debugregd.commands import Command, execute
-from debugregd.core import Arbiter, CoreError, Event, Refused
+from debugregd.core import Allocation, Arbiter, CoreError, Event, Refused, Session
 from debugregd.hub import EventHub
 from debugregd.metrics import Metrics, Stats
 from debugregd.store.journal import Batch, Journal, StoredEvent
@@ -31,6 +31,7 @@ SNAPSHOT_EVERY = 50_000  # commands between snapshots: bounds replay time at sta
 PRUNE_EVERY = 1_000  # events between retention sweeps
 IDEMPOTENCY_TTL_S = 24 * 3600
 TOKEN_CACHE = 4096  # valid tokens whose digests are remembered
+RECORD_CACHE = 4096  # allocations whose latest staged record is kept for their responses
 
 
 def token_digest(token: str) -> str:
@@ -71,8 +72,11 @@ class Runtime:
         self.on_fatal: Callable[[], None] | None = None  # how the daemon gets itself stopped
         self._batch = Batch.empty()
         self._staged: list[Event] = []  # the batch's events as the core made them, for the backend
+        # allocation id -> its latest staged event and that event's wire record
+        self._records: dict[str, tuple[Event, dict[str, Any]]] = {}
         self._pending: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that runs the commits
         self._since_snapshot = 0
         self._since_prune = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -163,6 +167,7 @@ class Runtime:
         """Queue a command (already applied) and its events for the next group commit."""
         batch = self._batch
         batch.commands.append(wire.dumps(command))
+        records = self._records
         for ev in events or ():
             self._count(ev)
             self._staged.append(ev)
@@ -170,10 +175,30 @@ class Runtime:
             batch.events.append(StoredEvent(ev.id, ev.type, ev.session, wire.dumps(data)))
             if ev.type == "session_closed" and ev.session is not None:
                 batch.revoked.append(ev.session)
+            record = data.get("allocation")
+            if record is not None:
+                if len(records) >= RECORD_CACHE:
+                    records.clear()
+                records[record["id"]] = (ev, record)
         return self._commit_soon()
 
-    def session_of_token(self, token: str) -> str | None:
-        """The id of the open session `token` belongs to, if any."""
+    def record(self, alloc: Allocation, *, kernel_visible: bool) -> dict[str, Any]:
+        """`alloc`'s wire record (`wire.record`), for the response to the command that just
+        changed it: the record its latest event carried, while that is still how it is.
+
+        Building the record again cost as much as the arbiter's decision, on every allocate and
+        release. Nothing may change the returned dict.
+        """
+        latest = self._records.get(alloc.id)
+        if latest is None or not latest[0].describes(alloc):
+            return wire.record(alloc.to_dict(), kernel_visible=kernel_visible)
+        record = latest[1]
+        if not kernel_visible and record["space"] == "kernel":
+            return {**record, "address": None}
+        return record
+
+    def session_of_token(self, token: str) -> Session | None:
+        """The open session `token` belongs to, if any."""
         digest = self._digests.get(token)
         if digest is None:
             # SHA-256 through OpenSSL cost more than a dictionary on every request; a valid
@@ -183,7 +208,8 @@ class Runtime:
                 if len(self._digests) >= TOKEN_CACHE:
                     self._digests.clear()
                 self._digests[token] = digest
-        return self.tokens.get(digest)
+        sid = self.tokens.get(digest)
+        return None if sid is None else self.arbiter.sessions.get(sid)
 
     def add_token(self, session_id: str, digest: str) -> None:
         """A session's token digest; it commits with the command that opened the session."""
@@ -202,7 +228,9 @@ class Runtime:
             await self._commit_soon()
 
     def _commit_soon(self) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # asyncio.get_running_loop() makes a getpid system call each time
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append(future)
         if not self._flush_scheduled:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from debugreg import schema
 from debugregd import wire
 from debugregd.api import idempotency, inputs
-from debugregd.api.context import Caller, admin_of, daemon_of, session_of
+from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
 from debugregd.api.responses import Json
 from debugregd.core import Allocation, Forbidden, InvalidRequest, ScopeKind, parse_priority
 
@@ -24,6 +24,12 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 def render(alloc: Allocation, who: Caller) -> dict[str, Any]:
     return wire.record(alloc.to_dict(), kernel_visible=who.sees_kernel())
+
+
+def changed(d: Daemon, alloc: Allocation, who: Caller) -> dict[str, Any]:
+    """`render` for an allocation the caller's command just changed, whose latest event
+    already carries its record (`Runtime.record`)."""
+    return d.rt.record(alloc, kernel_visible=who.sees_kernel())
 
 
 def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
@@ -51,7 +57,7 @@ def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
 )
 async def allocate(request: Request) -> Json:
     body = await inputs.body(request, schema.AllocationRequest)
-    idempotency_key = request.headers.get("idempotency-key")
+    idempotency_key = inputs.header(request, b"idempotency-key")
     d, who = daemon_of(request), session_of(request)
     if who.session is None:
         raise InvalidRequest(
@@ -62,7 +68,7 @@ async def allocate(request: Request) -> Json:
 
     def produce() -> tuple[int, dict[str, Any], asyncio.Future[None]]:
         alloc, committed = d.rt.apply(command)
-        return 201, render(alloc, who), committed
+        return 201, changed(d, alloc, who), committed
 
     return await idempotency.respond(d, who, "/v1/allocations", idempotency_key, body, produce)
 
@@ -153,6 +159,7 @@ async def release(request: Request) -> Json:
         alloc = await d.rt.run(
             {"op": "release", "allocation": allocation_id, "session": who.session_id}
         )
+        return Json(changed(d, alloc, who))
     return Json(render(alloc, who))
 
 
@@ -166,7 +173,7 @@ async def evict(allocation_id: str, body: schema.EvictRequest, request: Request)
     d = daemon_of(request)
     who = admin_of(request)
     alloc = await d.rt.run({"op": "evict", "allocation": allocation_id, "reason": body.reason})
-    return Json(render(alloc, who))
+    return Json(changed(d, alloc, who))
 
 
 @router.post(

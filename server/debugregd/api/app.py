@@ -26,7 +26,7 @@ from debugregd.api import (
     monitoring,
     sessions,
 )
-from debugregd.api.context import Daemon
+from debugregd.api.context import Daemon, DaemonApp
 from debugregd.api.limits import BodyLimit
 from debugregd.backends import make_backend
 from debugregd.config import Settings
@@ -117,7 +117,7 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     return runtime
 
 
-def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) -> FastAPI:
+def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) -> DaemonApp:
     """The daemon's ASGI app. Its lifespan opens the journal and owns the runtime; `lock` is the
     state directory's lock when the caller already holds it."""
     daemon = Daemon(settings, admin_key)
@@ -140,7 +140,7 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
             if lock is None:
                 held.close()
 
-    app = FastAPI(
+    app = DaemonApp(
         title="debugregd",
         version=__version__,
         summary="Arbitration daemon for CPU hardware debug registers",
@@ -151,7 +151,7 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
         ),
         lifespan=lifespan,
     )
-    app.state.daemon = daemon
+    app.daemon = daemon
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body)
     # Routes are matched in order, so the hot allocation paths go first, ahead of /docs. They

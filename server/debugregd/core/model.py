@@ -400,6 +400,10 @@ class Event:
             self._record = self._source.to_dict(self._view)
         return self._record
 
+    def describes(self, alloc: Allocation) -> bool:
+        """Whether this event's record is `alloc` as it is now."""
+        return self._source is alloc and self._view == alloc.view()
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "type": self.type, "at": self.at}
         if self.session is not None:
