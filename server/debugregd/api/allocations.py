@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from debugreg import schema
 from debugregd import wire
 from debugregd.api import idempotency, inputs
+from debugregd.api.commit import after_commit
 from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
 from debugregd.api.responses import Json
 from debugregd.core import Allocation, Forbidden, InvalidRequest, ScopeKind, parse_priority
@@ -70,7 +71,8 @@ async def allocate(request: Request) -> Json:
         alloc, committed = d.rt.apply(command)
         return 201, changed(d, alloc, who), committed
 
-    return await idempotency.respond(d, who, "/v1/allocations", idempotency_key, body, produce)
+    path = "/v1/allocations"
+    return await idempotency.respond(request, who, path, idempotency_key, body, produce)
 
 
 @router.get(
@@ -156,9 +158,10 @@ async def release(request: Request) -> Json:
     alloc = d.arbiter.allocation(allocation_id)
     _visible(alloc, who)
     if alloc.state is not None and alloc.state.value in ("installed", "waiting"):
-        alloc = await d.rt.run(
+        alloc, committed = d.rt.apply(
             {"op": "release", "allocation": allocation_id, "session": who.session_id}
         )
+        await after_commit(request, committed)
         return Json(changed(d, alloc, who))
     return Json(render(alloc, who))
 

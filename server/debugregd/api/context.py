@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fastapi import FastAPI, Request
+from starlette.types import Receive, Scope, Send
 
-from debugregd.api import inputs
+from debugregd.api import commit, inputs
 from debugregd.api.errors import Problem, unauthorized
 from debugregd.config import Settings
 from debugregd.core import Arbiter, Session
@@ -54,10 +55,17 @@ class Daemon:
 
 
 class DaemonApp(FastAPI):
-    """The daemon's FastAPI app: routes find the daemon as a plain attribute, which is cheaper
-    on every request than Starlette's `app.state` (a `__getattr__` in Python)."""
+    """The daemon's FastAPI app. Routes find the daemon as a plain attribute (cheaper on every
+    request than Starlette's `app.state`, a `__getattr__` in Python), and a response waits for
+    its change's commit here, at the edge (`commit.answer_after_commit`)."""
 
     daemon: Daemon
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await commit.answer_after_commit(super().__call__, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 class Caller(NamedTuple):

@@ -8,10 +8,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import Request
 from pydantic import BaseModel
 
 from debugregd import wire
-from debugregd.api.context import Caller, Daemon
+from debugregd.api.commit import after_commit
+from debugregd.api.context import Caller, daemon_of
 from debugregd.api.errors import Problem
 from debugregd.api.responses import Json
 
@@ -28,24 +30,25 @@ def _scope(who: Caller, path: str, key: str) -> str:
 
 
 async def respond(
-    d: Daemon, who: Caller, path: str, key: str | None, request: BaseModel, produce: Produce
+    request: Request, who: Caller, path: str, key: str | None, body: BaseModel, produce: Produce
 ) -> Json:
-    """Run `produce` once per key; its status and body are journaled with the change itself.
+    """Run `produce` once per key; its status and body are journaled with the change itself,
+    and sent once that is committed.
 
-    A key reused with a different `request` body is a 422, so a key can never hand one
-    request's answer (a session token, say) to a different request.
+    A key reused with a different `body` is a 422, so a key can never hand one request's
+    answer (a session token, say) to a different request.
     """
     if key is None:
-        status, body, committed = produce()
-        await committed
-        return Json(body, status_code=status)
+        status, answer, committed = produce()
+        await after_commit(request, committed)
+        return Json(answer, status_code=status)
     if len(key) > 200:
         raise Problem(
             422, "invalid-request", "Invalid request", "Idempotency-Key is at most 200 characters"
         )
     scoped = _scope(who, path, key)
-    print_ = fingerprint(request)
-    rt = d.rt
+    print_ = fingerprint(body)
+    rt = daemon_of(request).rt
     stored = rt.idempotency.get(scoped)
     if stored is not None:
         first = json.loads(stored[1])
@@ -61,8 +64,8 @@ async def respond(
         return Json(
             first["response"], status_code=stored[0], headers={"Idempotent-Replayed": "true"}
         )
-    status, body, committed = produce()
-    record = {"fingerprint": print_, "response": body}
+    status, answer, committed = produce()
+    record = {"fingerprint": print_, "response": answer}
     rt.remember(scoped, status, wire.dumps(record))
-    await committed
-    return Json(body, status_code=status)
+    await after_commit(request, committed)
+    return Json(answer, status_code=status)

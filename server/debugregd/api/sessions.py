@@ -73,7 +73,7 @@ async def open_session(
         }
         return 201, out, committed
 
-    return await idempotency.respond(d, who, "/v1/sessions", idempotency_key, body, produce)
+    return await idempotency.respond(request, who, "/v1/sessions", idempotency_key, body, produce)
 
 
 @router.get("", response_model=list[schema.SessionInfo], summary="Every open session (admin)")
