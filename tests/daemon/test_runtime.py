@@ -81,7 +81,7 @@ OPS = st.lists(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(ops=OPS)
-async def test_a_response_reuses_the_latest_events_record_only_while_it_is_current(
+async def test_the_record_a_response_reuses_equals_one_built_afresh(
     tmp_path: Path, ops: list[tuple[Any, ...]]
 ) -> None:
     clock = Clock()
