@@ -161,7 +161,7 @@ async def release(request: Request) -> Json:
         alloc, committed = d.rt.apply(
             {"op": "release", "allocation": allocation_id, "session": who.session_id}
         )
-        await after_commit(request, committed)
+        after_commit(request, committed)
         return Json(changed(d, alloc, who))
     return Json(render(alloc, who))
 

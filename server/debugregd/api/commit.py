@@ -22,16 +22,11 @@ from debugregd.api.errors import problem
 COMMITS = "debugregd.commits"  # the scope key: this request's commits, to wait for at the edge
 
 
-async def after_commit(request: Request, committed: asyncio.Future[None]) -> None:
-    """Send this request's response only once `committed` is done.
-
-    Returns at once behind `answer_after_commit`; without it, waits here.
-    """
-    commits: list[asyncio.Future[None]] | None = request.scope.get(COMMITS)
-    if commits is None:
-        await committed
-    else:
-        commits.append(committed)
+def after_commit(request: Request, committed: asyncio.Future[None]) -> None:
+    """Send this request's response only once `committed` is done (the app's edge,
+    `answer_after_commit`, waits for it)."""
+    commits: list[asyncio.Future[None]] = request.scope[COMMITS]
+    commits.append(committed)
 
 
 async def answer_after_commit(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:

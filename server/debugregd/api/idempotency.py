@@ -40,7 +40,7 @@ async def respond(
     """
     if key is None:
         status, answer, committed = produce()
-        await after_commit(request, committed)
+        after_commit(request, committed)
         return Json(answer, status_code=status)
     if len(key) > 200:
         raise Problem(
@@ -67,5 +67,5 @@ async def respond(
     status, answer, committed = produce()
     record = {"fingerprint": print_, "response": answer}
     rt.remember(scoped, status, wire.dumps(record))
-    await after_commit(request, committed)
+    after_commit(request, committed)
     return Json(answer, status_code=status)
