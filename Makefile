@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck openapi bench clean
+.PHONY: run test packages lint typecheck openapi bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# The Debian packages the tests drive (browsers, gcc, gdb, perf, promtool): installed as root,
+# else one apt-get line to run.
+packages:
+	scripts/debian-packages
+
+test: packages lint typecheck
 	$(BIN)/pytest
 
 openapi: $(STAMP)
