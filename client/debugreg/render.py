@@ -223,7 +223,12 @@ def event_line(event: schema.Event) -> str:
     reconciled = extra.pop("reconciled", False)
     blockers = extra.pop("blockers", None)
     if isinstance(blockers, list) and blockers:
-        parts.append("blockers=" + ",".join(str(b.get("allocation")) for b in blockers))
+        parts.append(
+            "blockers="
+            + ",".join(
+                str(b.get("allocation") or f"outside:{b.get('registers')}") for b in blockers
+            )
+        )
     if event.reason is not None:
         parts.append(f"reason={json.dumps(event.reason)}")
     for key, value in extra.items():
@@ -245,7 +250,9 @@ def error_line(exc: DebugregError) -> str:
     line = f"debugreg: {kind}: {exc.problem.detail}"
     if isinstance(exc, Refused) and exc.blockers:
         named = "; ".join(
-            f"{b.allocation} (session {b.session or '-'}, priority {b.priority}, "
+            b.label
+            if b.outside
+            else f"{b.allocation} (session {b.session or '-'}, priority {b.priority}, "
             f"{'evictable' if b.evictable else 'non-evictable'}, {scope_text(b.scope)})"
             for b in exc.blockers
         )

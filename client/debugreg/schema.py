@@ -77,6 +77,7 @@ EventType = Literal[
     "hit",
     "session_opened",
     "session_closed",
+    "outside",
     "reset",
 ]
 
@@ -121,6 +122,13 @@ class AllocationRequest(Strict):
     on_evict: Literal["release", "wait"] = "release"
     wait: bool = False
     label: str = Field(default="", max_length=200)
+    arm: bool = Field(
+        default=True,
+        description=(
+            "false: a reservation, counted, evicted and evicting like any allocation, but never "
+            "armed by the daemon: its holder (a debugger, through ptrace) writes the registers"
+        ),
+    )
 
     @classmethod
     def build(cls, **fields: Any) -> AllocationRequest:
@@ -134,12 +142,17 @@ class Register(BaseModel):
 
 
 class Blocker(BaseModel):
-    allocation: str
+    """A holder in the way of a refused request: an allocation, or (`outside`) registers held
+    by users outside debugregd, which nothing can evict."""
+
+    allocation: str | None
     session: str | None
     priority: int
     evictable: bool
     scope: dict[str, Any]
     label: str = ""
+    outside: bool = False
+    registers: int | None = Field(default=None, description="registers held outside debugregd")
 
 
 class Allocation(BaseModel):
@@ -156,6 +169,7 @@ class Allocation(BaseModel):
     priority: int
     evictable: bool
     on_evict: Literal["release", "wait"]
+    arm: bool = True
     generation: int
     registers: list[Register]
     space: Literal["user", "kernel"]
@@ -227,6 +241,33 @@ class BulkEvictResult(BaseModel):
     evicted: list[str]
 
 
+class OutsideTarget(BaseModel):
+    """Where users outside debugregd hold registers: CPU-wide on a CPU (`cpu`), on a task
+    (`task`), or on the fullest task of a CPU that debugregd does not manage (`others`)."""
+
+    kind: Literal["cpu", "task", "others"]
+    cpu: int | None = None
+    tid: int | None = None
+
+
+class Outside(BaseModel):
+    """Registers held by users outside debugregd (gdb, perf, bpftrace, kernel tools), as last
+    measured: admission counts them, and nothing evicts them."""
+
+    pool: str
+    target: OutsideTarget
+    registers: int = Field(description="registers admission counts for them")
+    measured: int = Field(
+        description="registers the kernel showed them holding (more than `registers` only "
+        "where a reservation whose holder has not armed it yet keeps its place)"
+    )
+    since: float
+
+
+class OutsideList(BaseModel):
+    outside: list[Outside]
+
+
 class Host(BaseModel):
     profile: str
     cpus: int
@@ -234,6 +275,10 @@ class Host(BaseModel):
     mode_switching: bool
     backend: str
     version: str
+    probe: dict[str, Any] = Field(
+        default_factory=dict, description="what the backend found on the hardware at start"
+    )
+    outside: list[Outside] = Field(default_factory=list)
 
 
 class DebugRegs(Strict):
@@ -269,6 +314,31 @@ class SimAccessResult(BaseModel):
     hits: list[str]
 
 
+class SimOutsideScope(Strict):
+    """Where a simulated outside user holds registers: a task (optionally on some CPUs) or
+    CPU-wide on some CPUs."""
+
+    kind: Literal["task", "cpu", "cpus"]
+    tid: Tid | None = None
+    cpu: Cpu | None = None
+    cpus: list[Cpu] | Literal["all"] | None = Field(default=None, min_length=1)
+
+
+class SimOutsideRequest(Strict):
+    """POST /v1/sim/outside: a user outside debugregd takes registers in the fake kernel."""
+
+    scope: SimOutsideScope
+    registers: int = Field(ge=1, le=16)
+    pool: str | None = Field(default=None, description="the profile's data pool unless given")
+
+
+class SimOutside(BaseModel):
+    id: str
+    pool: str
+    scope: dict[str, Any]
+    registers: int
+
+
 class Event(BaseModel):
     """One event as it travels in an SSE `data:` line. Type-specific fields (`previous` of
     `moved`, `blockers` of `waiting`, a hit's `cpu`/`address`...) are kept as extras."""
@@ -294,6 +364,7 @@ class Snapshot(BaseModel):
     allocations: list[Allocation]
     waiting: list[str]
     cpus: list[dict[str, Any]]
+    outside: list[Outside] = Field(default_factory=list)
 
 
 class Problem(BaseModel):

@@ -14,7 +14,13 @@ from types import FrameType
 
 import uvicorn
 
-from debugregd.api.app import StartupError, create_app, lock_state_dir, openapi_document
+from debugregd.api.app import (
+    StartupError,
+    create_app,
+    lock_state_dir,
+    open_backend,
+    openapi_document,
+)
 from debugregd.config import Settings, parse, settings_from
 
 log = logging.getLogger("debugregd")
@@ -75,6 +81,8 @@ def serve(settings: Settings) -> int:
         )
         return 2
     try:
+        # The hardware is checked before anything else: a contradiction is one line, no server.
+        open_backend(settings).close()
         lock = lock_state_dir(settings.state_dir)
     except StartupError as exc:
         print(f"debugregd: {exc}", file=sys.stderr)

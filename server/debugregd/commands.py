@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from debugregd.core import Arbiter, Event, Request
+from debugregd.core.kernel import Measurement, Replay
 
 Command = dict[str, Any]
 Outcome = tuple[Any, list[Event]]
@@ -79,6 +80,18 @@ def _report_hit(arb: Arbiter, c: Command) -> Outcome:
     return None, arb.report_hit(c["allocation"], c["now"], c["data"])
 
 
+def _observe(arb: Arbiter, c: Command) -> Outcome:
+    return None, arb.observe(Measurement.from_dict(c["measured"]), c["now"])
+
+
+def _task_exited(arb: Arbiter, c: Command) -> Outcome:
+    return None, arb.task_exited(c["tid"], c["now"])
+
+
+def _rearm(arb: Arbiter, c: Command) -> Outcome:
+    return None, arb.rearm(c["now"])
+
+
 OPS: dict[str, Callable[[Arbiter, Command], Outcome]] = {
     "tick": _tick,
     "open_session": _open_session,
@@ -92,9 +105,22 @@ OPS: dict[str, Callable[[Arbiter, Command], Outcome]] = {
     "set_debugregs": _set_debugregs,
     "access": _access,
     "report_hit": _report_hit,
+    "observe": _observe,
+    "task_exited": _task_exited,
+    "rearm": _rearm,
 }
 
 
 def execute(arb: Arbiter, command: Command) -> Outcome:
     """Run one command against the arbiter: applies fully or raises a CoreError."""
     return OPS[command["op"]](arb, command)
+
+
+def replay(arb: Arbiter, command: Command) -> Outcome:
+    """Run a journaled command again, the kernel answering what it answered then (the command's
+    "kernel" facts) without being asked."""
+    kernel, arb.kernel = arb.kernel, Replay(command.get("kernel"))
+    try:
+        return execute(arb, command)
+    finally:
+        arb.kernel = kernel

@@ -33,6 +33,20 @@ def parse_pools(text: str) -> dict[str, int]:
     return pools
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 86_400:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 86400, got {text!r}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 86_400:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text!r}")
+    return value
+
+
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
@@ -55,6 +69,8 @@ class Settings:
     heartbeat_s: float = 15.0
     max_body: int = 65_536
     synchronous: str = "NORMAL"
+    outside_interval_s: float = 1.0
+    outside_scan_s: float = 2.0
     log_level: str = "info"
     admin_key: str | None = None  # environment only: a flag would show in `ps`
 
@@ -129,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
         d.synchronous,
         choices=["NORMAL", "FULL"],
     )
+    option(
+        "--outside-interval",
+        "seconds between measurements of the targets where users outside debugregd hold "
+        "registers (the record goes, and waiters are reinstalled, when they leave)",
+        d.outside_interval_s,
+        type=_positive,
+    )
+    option(
+        "--outside-scan",
+        "seconds between measurements of every CPU, which find users outside debugregd holding "
+        "registers CPU-wide before anyone is refused; 0 turns the scan off",
+        d.outside_scan_s,
+        type=_not_negative,
+    )
     option("--log-level", "log level", d.log_level, choices=["debug", "info", "warning", "error"])
     sub.add_parser("openapi", help="print the OpenAPI document (openapi.json)")
     return parser
@@ -151,6 +181,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         heartbeat_s=args.heartbeat,
         max_body=args.max_body,
         synchronous=args.synchronous,
+        outside_interval_s=args.outside_interval,
+        outside_scan_s=args.outside_scan,
         log_level=args.log_level,
         admin_key=os.environ.get(ENV + "ADMIN_KEY") or None,
     )

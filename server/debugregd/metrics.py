@@ -126,6 +126,23 @@ class _ArbiterCollector(Collector):
             for cpu in range(arb.ncpus):
                 used.add_metric([str(cpu), key], budget.used(cpu))
         yield used
+        outside = GaugeMetricFamily(
+            "debugregd_outside_registers",
+            "Registers users outside debugregd hold, as last measured, per CPU and pool: "
+            "kind cpu (CPU-wide), task (the most any one task debugregd manages holds outside "
+            "it), others (the fullest task debugregd does not manage)",
+            labels=["cpu", "pool", "kind"],
+        )
+        held: dict[tuple[str, str, str], int] = {}
+        for (pool, kind, _), holder in arb.outside.items():
+            if holder.wp is None:
+                continue
+            for c in holder.wp.cpus:
+                where = (str(c), pool, kind)
+                held[where] = max(held.get(where, 0), holder.held)
+        for labels, n in sorted(held.items()):
+            outside.add_metric(list(labels), n)
+        yield outside
         yield GaugeMetricFamily(
             "debugregd_sse_subscribers", "Open event streams", value=len(self.hub().subscribers)
         )

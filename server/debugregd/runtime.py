@@ -1,9 +1,14 @@
 """The single writer: one event loop owns the arbiter, the journal and the event hub.
 
 Like Redis, the arbiter needs no locks because only this loop's thread touches it. A request runs
-its command synchronously (so no other request interleaves inside it), stages the command and its
-events for the journal, and waits for the group commit; only then is it answered and are its events
-published to streams and applied to the hardware backend.
+its command synchronously (so no other request interleaves inside it): the core decides, and asks
+the hardware backend to arm what it installs, within the command. The command (with every answer
+of the kernel that was not "armed", so a replay needs no hardware) and its events are staged for
+the journal; the request waits for the group commit, and only then is it answered and are its
+events published to streams.
+
+Facts from the world outside enter the same way, as journaled commands: what users outside
+debugregd hold (`observe`, measured when the kernel refuses and on timers), and a task that exited.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 from debugregd import wire
-from debugregd.backends.base import Backend
-from debugregd.commands import Command, execute
+from debugregd.backends.base import Backend, Targets
+from debugregd.commands import Command, Outcome, execute, replay
 from debugregd.core import Allocation, Arbiter, CoreError, Event, Refused, Session
+from debugregd.core.errors import KernelRefused
+from debugregd.core.kernel import Measurement, Recorder
 from debugregd.hub import EventHub
 from debugregd.metrics import Metrics, Stats
 from debugregd.store.journal import Batch, Journal, StoredEvent
+from debugregd.tasks import TaskWatcher
 
 log = logging.getLogger("debugregd")
 
@@ -32,6 +40,12 @@ PRUNE_EVERY = 1_000  # events between retention sweeps
 IDEMPOTENCY_TTL_S = 24 * 3600
 TOKEN_CACHE = 4096  # valid tokens whose digests are remembered
 RECORD_CACHE = 4096  # allocations whose latest staged record is kept for their responses
+# Tries of a command the kernel refuses for room: each refusal is measured and recorded, so the
+# next try decides on the truth; more than one more try means users outside are changing fast.
+KERNEL_TRIES = 3
+TASK_SWEEP_S = 10.0  # how often exited-or-forgotten tasks stop being watched
+# Events that free registers: outside holders are measured again after them.
+FREEING = frozenset({"released", "evicted", "expired"})
 
 
 def token_digest(token: str) -> str:
@@ -52,11 +66,20 @@ class Runtime:
         retention: int,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        outside_interval: float = 1.0,
+        outside_scan: float = 2.0,
     ) -> None:
         self.arbiter = arbiter
         self.journal = journal
         self.hub = hub
         self.backend = backend
+        # The core asks the backend to arm within each command; the answers are journaled.
+        self.kernel = Recorder(backend)
+        arbiter.kernel = self.kernel
+        self.outside_interval = outside_interval
+        self.outside_scan = outside_scan
+        self.tasks = TaskWatcher(self.task_exited) if backend.real_tasks else None
+        self.probe: dict[str, Any] = {}
         self.retention = retention
         self.clock = clock
         self.tokens: dict[str, str] = journal.tokens()  # digest -> session id
@@ -71,7 +94,6 @@ class Runtime:
         self.failed: BaseException | None = None
         self.on_fatal: Callable[[], None] | None = None  # how the daemon gets itself stopped
         self._batch = Batch.empty()
-        self._staged: list[Event] = []  # the batch's events as the core made them, for the backend
         # allocation id -> its latest staged event and that event's wire record
         self._records: dict[str, tuple[Event, dict[str, Any]]] = {}
         self._pending: list[asyncio.Future[None]] = []
@@ -80,7 +102,7 @@ class Runtime:
         self._since_snapshot = 0
         self._since_prune = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._wake_sweeper = asyncio.Event()
+        self._remeasure_scheduled = False
         self.hub.published_id = arbiter.event_id
 
     # -- start and stop
@@ -96,26 +118,23 @@ class Runtime:
             arbiter = Arbiter.restore(data)
         replayed = 0
         for _, command in journal.commands_after(after):
-            execute(arbiter, command)
+            replay(arbiter, command)
             replayed += 1
         return arbiter, replayed
 
     def start(self) -> None:
-        """Re-arm what the journal says is installed, give every lease a grace period, and start
-        the sweepers."""
-        now = self.clock()
-        installed = [
-            Event.about(self.arbiter.event_id, "installed", now, alloc)
-            for alloc in self.arbiter.allocations.values()
-            if alloc.watchpoint is not None
-        ]
-        for failure in self.backend.apply(installed):
-            asyncio.get_running_loop().create_task(
-                self._evict_failed(failure.allocation, failure.reason)
-            )
-        self.stage({"op": "grace", "now": now})
+        """Probe the hardware, give every lease a grace period, arm again what the journal says
+        is installed, find who holds registers outside debugregd, and start the sweepers."""
+        self.probe = self.backend.probe()
+        self.stage({"op": "grace", "now": self.clock()})
+        self.apply({"op": "rearm"})
+        self.remeasure(scan=True)
+        if self.tasks is not None:
+            for tid in sorted(self.arbiter.tasks_in_use()):
+                self.tasks.watch(tid)
         self._tasks.append(asyncio.create_task(self._sweep_expiry(), name="expiry-sweeper"))
         self._tasks.append(asyncio.create_task(self._poll_backend(), name="backend-poller"))
+        self._tasks.append(asyncio.create_task(self._watch_outside(), name="outside-watcher"))
 
     async def stop(self) -> None:
         """Stop the sweepers, flush, snapshot, and close the journal cleanly."""
@@ -125,6 +144,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.hub.close()
+        if self.tasks is not None:
+            self.tasks.close()
         if self.failed is None:
             self._flush()
             self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
@@ -145,13 +166,84 @@ class Runtime:
         self._expire(now)
         started = time.perf_counter()
         try:
-            result, events = execute(self.arbiter, command)
+            for _ in range(KERNEL_TRIES):
+                try:
+                    result, events = self._execute(command)
+                    break
+                except KernelRefused as refused:
+                    # Nothing changed; record who holds the room, then decide again on that.
+                    self.observe(refused.measured, now)
+            else:
+                raise Refused(
+                    "the kernel keeps refusing although it measured room: users outside "
+                    "debugregd are taking and releasing debug registers; retry",
+                    [],
+                )
         except Refused:
             self.stats.refusals += 1
             raise
         finally:
             self.metrics.decisions.observe(time.perf_counter() - started)
+        if self.tasks is not None:
+            self._watch_new_task(command)
         return result, self.stage(command, events)
+
+    def _execute(self, command: Command) -> Outcome:
+        """Run `command` on the arbiter, writing the kernel's answers into it (for replay)."""
+        kernel = self.kernel
+        kernel.begin()
+        outcome = execute(self.arbiter, command)
+        if kernel.answers:
+            command["kernel"] = kernel.answers
+        return outcome
+
+    def observe(self, measured: Measurement, now: float | None = None) -> None:
+        """Journal what users outside debugregd were measured to hold, if that changes the
+        arbiter's record of them (the same measurement again is not journaled)."""
+        if not self.arbiter.outside_after(measured):
+            return
+        command: Command = {"op": "observe", "measured": measured.to_dict()}
+        command["now"] = self.clock() if now is None else now
+        _, events = self._execute(command)
+        self.stage(command, events)
+
+    def remeasure(self, *, scan: bool = False) -> None:
+        """Measure again the targets that have outside holders (and with `scan`, every CPU for
+        users CPU-wide), recording what changed."""
+        targets = {
+            budget: Targets(found["cpus"], found["tasks"], found["others"])
+            for budget, found in self.arbiter.outside_targets().items()
+        }
+        if scan:
+            for budget in self.arbiter.budgets:
+                targets.setdefault(budget, Targets()).cpus.update(self.arbiter.all_cpus)
+        if not targets:
+            return
+        try:
+            measured = self.backend.measure(targets)
+        except OSError as exc:
+            log.warning("measuring users outside debugregd failed: %s", exc)
+            return
+        for m in measured:
+            self.observe(m)
+
+    def task_exited(self, tid: int) -> None:
+        """Task `tid` exited: its allocations expire (a journaled fact)."""
+        if self.failed is not None or tid not in self.arbiter.tasks_in_use():
+            return
+        self.apply({"op": "task_exited", "tid": tid})
+
+    def _watch_new_task(self, command: Command) -> None:
+        assert self.tasks is not None
+        op = command["op"]
+        if op == "allocate":
+            tid = command["request"]["scope"].get("tid")
+        elif op == "set_debugregs":
+            tid = command["tid"]
+        else:
+            return
+        if tid is not None:
+            self.tasks.watch(tid)
 
     async def run(self, command: Command) -> Any:
         """`apply`, then wait for the commit."""
@@ -170,7 +262,8 @@ class Runtime:
         records = self._records
         for ev in events or ():
             self._count(ev)
-            self._staged.append(ev)
+            if ev.type in FREEING and self.arbiter.outside:
+                self._remeasure_soon()
             data = wire.event(ev)
             batch.events.append(StoredEvent(ev.id, ev.type, ev.session, wire.dumps(data)))
             if ev.type == "session_closed" and ev.session is not None:
@@ -243,7 +336,6 @@ class Runtime:
         self._flush_scheduled = False
         batch, self._batch = self._batch, Batch.empty()
         pending, self._pending = self._pending, []
-        staged, self._staged = self._staged, []
         if batch:
             started = time.perf_counter()
             try:
@@ -270,7 +362,6 @@ class Runtime:
                 future.set_result(None)
         if batch.events:
             self.hub.publish(batch.events)
-            self._apply_backend(staged)
         self._maintain()
 
     def _maintain(self) -> None:
@@ -306,7 +397,7 @@ class Runtime:
         due = self.arbiter.next_expiry()
         if due is not None and due <= now:
             command: Command = {"op": "tick", "now": now}
-            _, events = execute(self.arbiter, command)
+            _, events = self._execute(command)
             self.stage(command, events)
 
     async def _sweep_expiry(self) -> None:
@@ -317,13 +408,38 @@ class Runtime:
             if self.failed is None:
                 self._expire(self.clock())
 
-    def _apply_backend(self, events: list[Event]) -> None:
-        for failure in self.backend.apply(events):
-            asyncio.get_running_loop().create_task(
-                self._evict_failed(failure.allocation, failure.reason)
-            )
+    def _remeasure_soon(self) -> None:
+        """Registers were freed where users outside hold some: they may have left too."""
+        if not self._remeasure_scheduled:
+            self._remeasure_scheduled = True
+            asyncio.get_running_loop().call_soon(self._remeasure_now)
 
-    async def _evict_failed(self, allocation: str, reason: str) -> None:
+    def _remeasure_now(self) -> None:
+        self._remeasure_scheduled = False
+        if self.failed is None:
+            self.remeasure()
+
+    async def _watch_outside(self) -> None:
+        """Measure outside holders again every `outside_interval` seconds (only targets that
+        have one), and every CPU every `outside_scan` seconds (0: never) to find users CPU-wide
+        before anyone is refused; forget exited tasks now and then."""
+        loop = asyncio.get_running_loop()
+        next_scan = next_sweep = loop.time()
+        while True:
+            await asyncio.sleep(self.outside_interval)
+            if self.failed is not None:
+                continue
+            now = loop.time()
+            scan = self.outside_scan > 0 and now >= next_scan
+            if scan:
+                next_scan = now + self.outside_scan
+            self.remeasure(scan=scan)
+            if self.tasks is not None and now >= next_sweep:
+                next_sweep = now + TASK_SWEEP_S
+                self.tasks.keep_only(self.arbiter.tasks_in_use())
+
+    async def _evict_lost(self, allocation: str) -> None:
+        reason = "the kernel took its registers back: a user outside debugregd took them"
         with contextlib.suppress(CoreError):
             await self.run({"op": "evict", "allocation": allocation, "reason": reason})
 
@@ -332,6 +448,9 @@ class Runtime:
             await asyncio.sleep(0.1)
             if self.failed is not None:
                 continue
+            for wp in self.backend.lost():
+                for alloc in list(wp.holders):
+                    await self._evict_lost(alloc.id)
             for hit in self.backend.poll_hits():
                 with contextlib.suppress(CoreError):
                     await self.run(

@@ -41,8 +41,9 @@ def arbiter() -> Arbiter:
 
 @pytest.fixture
 def perf(perf_permitted: None, arbiter: Arbiter) -> Iterator[PerfBackend]:
-    """A perf backend for the arbiter's host, closed after the test."""
+    """A perf backend for the arbiter's host, which it arms through; closed after the test."""
     backend = PerfBackend(arbiter.profile, arbiter.ncpus)
+    arbiter.kernel = backend
     yield backend
     backend.close()
 

@@ -1,104 +1,91 @@
-"""The sim backend keeps a record of what the core armed and nothing else."""
+"""The sim backend is a fake kernel: Linux's count rule, written apart from the core's, with users
+outside debugregd injected into it, so every truthfulness rule is tested on any machine."""
 
 from __future__ import annotations
 
 import pytest
 
-from debugregd.backends import SimBackend, make_backend
-from debugregd.backends.sim import LOG_LIMIT
-from debugregd.core import Access, Arbiter, OnEvict, Priority, Request, Scope
+from debugregd.backends import SimBackend, Targets, make_backend
+from debugregd.backends.sim import NoRoomToInject
+from debugregd.core import Access, Arbiter, NotFound, Request, Scope, make_profile
+from debugregd.core.errors import KernelRefused
 
-WORD = 0x7FFD1000
-
-
-def watch(
-    tid: int,
-    address: int = WORD,
-    priority: int = Priority.NORMAL,
-    on_evict: OnEvict = OnEvict.RELEASE,
-) -> Request:
-    return Request(Scope.task(tid), address, 8, Access.WRITE, priority, on_evict=on_evict)
+WORD = 0x7F00_0000_1000
 
 
-def test_installed_allocation_is_armed_with_its_record() -> None:
-    arb, sim = Arbiter(ncpus=2), SimBackend()
-    alloc, events = arb.allocate(None, watch(10), 0.0)
-    assert sim.apply(events) == []
-    assert sim.armed[alloc.id]["address"] == WORD
-    assert sim.armed[alloc.id]["registers"] == [
-        {"cpu": 0, "pool": "dr", "index": 0},
-        {"cpu": 1, "pool": "dr", "index": 0},
-    ]
-    assert list(sim.log) == [("installed", alloc.id)]
+def host(ncpus: int = 2) -> tuple[Arbiter, SimBackend]:
+    arb, sim = Arbiter(ncpus=ncpus), SimBackend(ncpus=ncpus)
+    arb.kernel = sim
+    return arb, sim
 
 
-def test_released_allocation_is_disarmed() -> None:
-    arb, sim = Arbiter(ncpus=2), SimBackend()
-    alloc, events = arb.allocate(None, watch(10), 0.0)
-    sim.apply(events)
-    _, events = arb.release(alloc.id, 1.0)
-    sim.apply(events)
-    assert sim.armed == {}
-    assert list(sim.log) == [("installed", alloc.id), ("released", alloc.id)]
+def watch(scope: Scope, n: int = 0, priority: int = 300) -> Request:
+    return Request(scope, WORD + 8 * n, 8, Access.WRITE, priority)
 
 
-def test_moved_allocation_keeps_its_latest_record() -> None:
-    arb, sim = Arbiter(ncpus=1), SimBackend()
-    first, events = arb.allocate(None, watch(10), 0.0)
-    sim.apply(events)
-    second, events = arb.allocate(None, watch(10, WORD + 8), 0.0)
-    sim.apply(events)
-    assert sim.armed[second.id]["registers"] == [{"cpu": 0, "pool": "dr", "index": 1}]
-    _, events = arb.release(first.id, 1.0)
-    sim.apply(events)
-    assert sim.armed[second.id]["registers"] == [{"cpu": 0, "pool": "dr", "index": 0}]
-    assert list(sim.log)[-2:] == [("released", first.id), ("moved", second.id)]
+def test_make_backend_builds_the_fake_kernel_for_the_host() -> None:
+    sim = make_backend("sim", make_profile("arm64"), 3)
+    assert isinstance(sim, SimBackend)
+    assert sim.slots == {"brp": 6, "wrp": 4}
+    assert sim.probe()["cpus_online"] == 3
 
 
-def test_evicted_allocation_is_disarmed_and_rearmed_when_reinstalled() -> None:
-    arb, sim = Arbiter(ncpus=1), SimBackend()
-    low = []
+def test_what_the_core_installs_is_armed_and_what_it_releases_is_not() -> None:
+    arb, sim = host()
+    alloc, _ = arb.allocate(None, watch(Scope.task(7)), 0.0)
+    assert set(sim.armed_allocations()) == {alloc.id}
+    arb.release(alloc.id, 1.0)
+    assert sim.armed_allocations() == {}
+
+
+def test_a_reservation_is_counted_by_the_core_but_never_armed() -> None:
+    arb, sim = host()
+    request = watch(Scope.task(7))
+    request.arm = False
+    alloc, _ = arb.allocate(None, request, 0.0)
+    assert alloc.watchpoint is not None and not alloc.watchpoint.armed
+    assert sim.armed_allocations() == {}
+
+
+def test_the_fake_kernel_refuses_what_outside_users_hold_and_says_where() -> None:
+    arb, sim = host()
+    sim.inject("dr", None, (0, 1), 2)  # perf record -a with two watchpoints
+    for n in range(2):
+        arb.allocate(None, watch(Scope.task(7), n), 0.0)
+    with pytest.raises(KernelRefused) as refused:
+        arb.allocate(None, watch(Scope.task(7), 2), 0.0)
+    assert refused.value.measured.cpus == {0: 2, 1: 2}
+    assert refused.value.measured.tasks == {7: 0}
+    assert len(arb.allocations) == 2  # the refused one left no trace
+
+
+def test_an_outside_user_that_does_not_fit_is_refused_by_the_fake_kernel() -> None:
+    arb, sim = host()
     for n in range(4):
-        alloc, events = arb.allocate(None, watch(10, WORD + 8 * n, on_evict=OnEvict.WAIT), 0.0)
-        sim.apply(events)
-        low.append(alloc)
-    high, events = arb.allocate(None, watch(10, WORD + 64, priority=Priority.PTRACE), 1.0)
-    sim.apply(events)
-    (victim,) = [a for a in low if a.id not in sim.armed]
-    assert high.id in sim.armed
-    assert ("evicted", victim.id) in sim.log
-    _, events = arb.release(high.id, 2.0)
-    sim.apply(events)
-    assert victim.id in sim.armed
-    assert list(sim.log)[-2:] == [("released", high.id), ("reinstalled", victim.id)]
+        arb.allocate(None, watch(Scope.cpu(0), n), 0.0)
+    with pytest.raises(NoRoomToInject):
+        sim.inject("dr", 9, (0, 1), 1)  # gdb on a task that may run on CPU 0
+    sim.inject("dr", 9, (1,), 1)
 
 
-def test_sim_never_reports_hits_of_its_own() -> None:
-    arb, sim = Arbiter(ncpus=1), SimBackend()
-    sim.apply(arb.allocate(None, watch(10), 0.0)[1])
-    assert sim.poll_hits() == []
+def test_measuring_tells_cpu_wide_users_from_task_ones() -> None:
+    _, sim = host()
+    sim.inject("dr", None, (1,), 1)
+    sim.inject("dr", 9, (0, 1), 2)
+    (m,) = sim.measure({"dr": Targets(cpus={0, 1}, tasks={9}, others={0, 1})})
+    assert (m.cpus, m.tasks, m.others) == ({0: 0, 1: 1}, {9: 2}, {0: 2, 1: 2})
 
 
-def test_close_forgets_everything_armed() -> None:
-    arb, sim = Arbiter(ncpus=1), SimBackend()
-    sim.apply(arb.allocate(None, watch(10), 0.0)[1])
+def test_an_exited_task_is_not_found() -> None:
+    arb, sim = host()
+    sim.exit_task(7)
+    with pytest.raises(NotFound, match="no such task 7"):
+        arb.allocate(None, watch(Scope.task(7)), 0.0)
+
+
+def test_close_disarms_everything() -> None:
+    arb, sim = host()
+    arb.allocate(None, watch(Scope.cpu(1)), 0.0)
     sim.close()
-    assert sim.armed == {}
-
-
-def test_unknown_backend_name_is_refused_with_the_choices() -> None:
-    assert make_backend("sim").name == "sim"
-    with pytest.raises(ValueError, match="choose one of sim, perf"):
-        make_backend("ptrace")
-
-
-def test_the_log_keeps_only_the_newest_entries() -> None:
-    """A daemon on the sim backend runs for months: its log must not grow with every event."""
-    arb, sim = Arbiter(ncpus=1), SimBackend()
-    for tid in range(1, LOG_LIMIT + 2):  # one more pair than the log holds
-        alloc, events = arb.allocate(None, watch(tid), 0.0)
-        sim.apply(events)
-        sim.apply(arb.release(alloc.id, 0.0)[1])
-    assert len(sim.log) == LOG_LIMIT
-    assert list(sim.log)[-1] == ("released", alloc.id)
-    assert sim.armed == {}
+    assert sim.armed_allocations() == {}
+    assert sim.registers["dr"].cpu == [0, 0]

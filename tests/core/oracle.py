@@ -64,6 +64,7 @@ def key_of(arb: Arbiter, alloc: Allocation) -> ShareKey:
         cpus_of(arb, alloc.scope.cpus),
         tuple(alloc.chunks),
         alloc.access.value,
+        alloc.arm,
     )
 
 
@@ -103,7 +104,7 @@ def demand(arb: Arbiter, request: Request) -> Demand:
     tid = scope.tid if scope.kind is ScopeKind.TASK else None
     budget = budget_of(arb, pool, space)
     cpus = cpus_of(arb, scope.cpus)
-    key = (budget, tid, cpus, tuple(chunks), request.access.value)
+    key = (budget, tid, cpus, tuple(chunks), request.access.value, request.arm)
     return Demand(key, budget, tid, cpus, len(chunks), request.priority)
 
 

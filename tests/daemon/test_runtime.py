@@ -90,7 +90,7 @@ async def test_the_record_a_response_reuses_equals_one_built_afresh(
         Arbiter(ncpus=2, mode_switching=True),
         Journal(path),
         EventHub(),
-        SimBackend(),
+        SimBackend(ncpus=2, mode_switching=True),
         retention=100,
         clock=clock,
     )

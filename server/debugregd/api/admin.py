@@ -11,7 +11,8 @@ from debugregd import __version__, wire
 from debugregd.api.allocations import PROBLEMS
 from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
 from debugregd.api.responses import Json
-from debugregd.core import Forbidden, InvalidRequest, Priority
+from debugregd.backends.sim import NoRoomToInject, SimBackend
+from debugregd.core import Forbidden, InvalidRequest, NotFound, Priority, Refused
 
 router = APIRouter(prefix="/v1", tags=["host"])
 
@@ -25,6 +26,8 @@ def host_info(d: Daemon) -> dict[str, Any]:
         "mode_switching": arb.mode_switching,
         "backend": d.rt.backend.name,
         "version": __version__,
+        "probe": d.rt.probe,
+        "outside": arb.outside_records(),
     }
 
 
@@ -128,6 +131,7 @@ async def state(request: Request) -> Json:
         "allocations": [wire.record(a.to_dict()) for a in arb.allocations.values()],
         "waiting": [a.id for a in arb.waiting()],
         "cpus": [arb.cpu_view(c) for c in range(arb.ncpus)],
+        "outside": arb.outside_records(),
     }
     await d.rt.barrier()  # answer only with committed state
     return Json(body)
@@ -168,3 +172,120 @@ async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]
         }
     )
     return {"hits": hits}
+
+
+@router.get(
+    "/outside",
+    response_model=schema.OutsideList,
+    responses=PROBLEMS,
+    summary="Registers held by users outside debugregd, as last measured (admin)",
+)
+async def outside(request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
+    await d.rt.barrier()  # answer only with committed state
+    return {"outside": d.arbiter.outside_records()}
+
+
+@router.post(
+    "/outside/measure",
+    response_model=schema.OutsideList,
+    responses=PROBLEMS,
+    summary="Measure now every CPU and every target with outside holders (admin)",
+)
+async def measure_outside(request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
+    d.rt.remeasure(scan=True)
+    await d.rt.barrier()
+    return {"outside": d.arbiter.outside_records()}
+
+
+def _sim(d: Daemon) -> SimBackend:
+    backend = d.rt.backend
+    if not isinstance(backend, SimBackend):
+        raise InvalidRequest("simulated users outside debugregd exist only with --backend sim")
+    return backend
+
+
+@router.post(
+    "/sim/outside",
+    status_code=201,
+    response_model=schema.SimOutside,
+    responses=PROBLEMS,
+    summary="A simulated user outside debugregd takes registers in the fake kernel (admin, sim)",
+)
+async def sim_outside(body: schema.SimOutsideRequest, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
+    sim = _sim(d)
+    arb = d.arbiter
+    scope = body.scope
+    tid: int | None = None
+    cpus: tuple[int, ...]
+    listed = None if scope.cpus is None or scope.cpus == "all" else tuple(sorted(set(scope.cpus)))
+    if scope.kind == "task":
+        if scope.tid is None:
+            raise InvalidRequest("a task scope needs its tid")
+        tid = scope.tid
+        cpus = arb.all_cpus if listed is None else listed
+    elif scope.kind == "cpu":
+        if scope.cpu is None:
+            raise InvalidRequest("a cpu scope needs its cpu")
+        cpus = (scope.cpu,)
+    else:
+        if scope.cpus is None:
+            raise InvalidRequest("a cpus scope needs cpus: a list, or 'all'")
+        cpus = arb.all_cpus if listed is None else listed
+    for cpu in cpus:
+        if cpu >= arb.ncpus:
+            raise InvalidRequest(f"CPU {cpu} does not exist; this host has CPUs 0-{arb.ncpus - 1}")
+    pool = body.pool or arb.profile.data_pool
+    if pool not in sim.registers:
+        raise InvalidRequest(f"no pool {pool!r}; this host has {', '.join(sim.registers)}")
+    try:
+        injected = sim.inject(pool, tid, cpus, body.registers)
+    except NoRoomToInject as exc:
+        raise Refused(f"the fake kernel refuses the outside user: {exc}", []) from None
+    return sim.injected[injected].to_dict()
+
+
+@router.get(
+    "/sim/outside",
+    response_model=list[schema.SimOutside],
+    responses=PROBLEMS,
+    summary="The simulated users outside debugregd (admin, sim backend)",
+)
+async def sim_outside_list(request: Request) -> list[dict[str, Any]]:
+    d = daemon_of(request)
+    admin_of(request)
+    return [h.to_dict() for h in _sim(d).injected.values()]
+
+
+@router.delete(
+    "/sim/outside/{injected_id}",
+    response_model=schema.SimOutside,
+    responses=PROBLEMS,
+    summary="A simulated user outside debugregd lets its registers go (admin, sim backend)",
+)
+async def sim_outside_leaves(injected_id: str, request: Request) -> dict[str, Any]:
+    d = daemon_of(request)
+    admin_of(request)
+    try:
+        return _sim(d).remove(injected_id).to_dict()
+    except KeyError:
+        raise NotFound(f"no simulated outside user {injected_id!r}") from None
+
+
+@router.post(
+    "/sim/tasks/{tid}/exit",
+    status_code=204,
+    responses=PROBLEMS,
+    summary="A simulated task exits: its allocations expire (admin, sim backend)",
+)
+async def sim_task_exits(tid: Annotated[int, Path(gt=0, lt=1 << 31)], request: Request) -> None:
+    d = daemon_of(request)
+    admin_of(request)
+    _sim(d).exit_task(tid)
+    d.rt.task_exited(tid)
+    await d.rt.barrier()

@@ -28,7 +28,7 @@ from debugregd.api import (
 )
 from debugregd.api.context import Daemon, DaemonApp
 from debugregd.api.limits import BodyLimit
-from debugregd.backends import make_backend
+from debugregd.backends import Backend, ProbeError, make_backend
 from debugregd.config import Settings
 from debugregd.core import Arbiter, make_profile
 from debugregd.hub import EventHub
@@ -72,6 +72,20 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return handle
 
 
+def open_backend(settings: Settings) -> Backend:
+    """The hardware backend, its machine checked against the settings (StartupError says what
+    to change when they contradict each other)."""
+    try:
+        profile = make_profile(settings.profile, settings.pools or None)
+        backend = make_backend(
+            settings.backend, profile, settings.cpus, mode_switching=settings.mode_switching
+        )
+        backend.probe()
+    except ProbeError as exc:
+        raise StartupError(str(exc)) from None
+    return backend
+
+
 def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     try:
         journal = Journal(settings.state_dir / "journal.sqlite3", synchronous=settings.synchronous)
@@ -105,13 +119,20 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         replayed,
     )
     hub = EventHub(buffer=settings.sse_buffer)
+    try:
+        backend = open_backend(settings)
+    except StartupError:
+        journal.close()
+        raise
     runtime = Runtime(
         arbiter,
         journal,
         hub,
-        make_backend(settings.backend, arbiter.profile, arbiter.ncpus),
+        backend,
         retention=settings.retention,
         metrics=metrics,
+        outside_interval=settings.outside_interval_s,
+        outside_scan=settings.outside_scan_s,
     )
     metrics.watch(lambda: runtime.arbiter, lambda: runtime.hub, lambda: runtime.stats)
     return runtime

@@ -22,6 +22,7 @@ from debugregd.core import (
     NotFound,
     Refused,
 )
+from debugregd.core.errors import KernelRefused, Unavailable
 
 log = logging.getLogger("debugregd.api")
 
@@ -32,6 +33,8 @@ STATUS: dict[type[CoreError], int] = {
     Forbidden: 403,
     InvalidTransition: 409,
     Refused: 409,
+    KernelRefused: 409,  # the runtime records and retries these; one that escapes is a refusal
+    Unavailable: 503,
 }
 
 
@@ -82,7 +85,8 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
 async def _core(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, CoreError)
     status = STATUS.get(type(exc), 422)
-    return problem(status, exc.kind, exc.title, exc.detail, **exc.extra)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return problem(status, exc.kind, exc.title, exc.detail, headers, **exc.extra)
 
 
 async def _problem(request: Request, exc: Exception) -> Json:

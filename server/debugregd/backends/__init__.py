@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from debugregd.backends.base import ArmFailure, Backend, Hit
-from debugregd.backends.perf import PerfBackend
+from debugregd.backends.base import Backend, Hit, Targets
+from debugregd.backends.perf import PerfBackend, ProbeError
 from debugregd.backends.sim import SimBackend
 from debugregd.core.profiles import Profile
 
 BACKENDS = ("sim", "perf")
 
 
-def make_backend(name: str, profile: Profile | None = None, ncpus: int | None = None) -> Backend:
-    """The backend called `name` for a host of `ncpus` CPUs with `profile`."""
+def make_backend(
+    name: str, profile: Profile, ncpus: int, *, mode_switching: bool = False
+) -> Backend:
+    """The backend called `name` for a host of `ncpus` CPUs with `profile`; ProbeError when the
+    hardware contradicts them."""
     if name == "sim":
-        return SimBackend()
+        return SimBackend(profile, ncpus, mode_switching=mode_switching)
     if name == "perf":
+        if mode_switching:
+            raise ProbeError(
+                "--mode-switching is not something Linux does: with --backend perf the kernel "
+                "counts user and kernel breakpoints in one budget; drop --mode-switching"
+            )
         return PerfBackend(profile, ncpus)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "ArmFailure", "Backend", "Hit", "PerfBackend", "SimBackend", "make_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Hit",
+    "PerfBackend",
+    "ProbeError",
+    "SimBackend",
+    "Targets",
+    "make_backend",
+]

@@ -1,31 +1,19 @@
 """What the daemon asks of a hardware backend (DESIGN section 12).
 
-The daemon's single event loop thread hands the backend every event the core produced, after the
-journal committed them, and polls it for hits. A backend never decides anything: when it cannot
-arm what the core installed, it says so, and the daemon evicts that allocation with the reason.
+A backend is the core's kernel (`debugregd.core.kernel.Kernel`): inside a command, before its
+commit and its response, the core asks it to arm what it installs and disarm what it lets go, and
+its answers are facts the journal keeps. Outside commands, the daemon asks it to measure what users
+outside debugregd hold (`measure`), and polls it for hits. A backend never decides anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from debugregd.core.model import Event
-
-# Event types that put an allocation on the hardware, and those that take it off. `moved` changes
-# only the index the core assigned, which perf does not choose, so it arms nothing.
-ARM_EVENTS = frozenset({"installed", "reinstalled"})
-DISARM_EVENTS = frozenset({"evicted", "released", "expired"})
-
-
-@dataclass(frozen=True, slots=True)
-class ArmFailure:
-    """An installed allocation the hardware refused; the daemon evicts it with `reason`."""
-
-    allocation: str
-    reason: str
-    errno: int | None = None
+from debugregd.core.kernel import Answer, Measurement
+from debugregd.core.model import Watchpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +24,45 @@ class Hit:
     data: dict[str, Any]
 
 
+@dataclass(slots=True)
+class Targets:
+    """What to measure in one budget: CPUs for users CPU-wide (`cpus`), tasks (`tasks`), and CPUs
+    for the fullest task debugregd does not manage (`others`)."""
+
+    cpus: set[int] = field(default_factory=set)
+    tasks: set[int] = field(default_factory=set)
+    others: set[int] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.cpus or self.tasks or self.others)
+
+
 class Backend(Protocol):
-    """Arms and disarms what the core decided; called from one thread only, so it needs no
-    locks."""
+    """Arms and disarms what the core decided, measures the rest of the world; called from one
+    thread only, so it needs no locks."""
 
     name: str
+    real_tasks: bool  # whether thread ids are this host's (so the daemon watches them exit)
 
-    def apply(self, events: Sequence[Event]) -> list[ArmFailure]:
-        """Arm on installed/reinstalled, disarm on evicted/released/expired; the failures."""
+    def arm(self, wps: Sequence[Watchpoint], freeing: Sequence[Watchpoint]) -> Answer:
+        """The core's `Kernel.arm`: disarm `freeing`, arm all of `wps`, or leave all as it was."""
+        ...
+
+    def disarm(self, wp: Watchpoint) -> None:
+        """The core's `Kernel.disarm`: take `wp` off the hardware (nothing if not armed)."""
+        ...
+
+    def measure(self, targets: dict[str, Targets]) -> list[Measurement]:
+        """What users outside debugregd hold now on `targets`, per budget."""
+        ...
+
+    def probe(self) -> dict[str, Any]:
+        """What the hardware offers, as found when the daemon starts (shown at /v1/host)."""
+        ...
+
+    def lost(self) -> list[Watchpoint]:
+        """Armed watchpoints the backend could not arm again after a refused change (another
+        user took their registers in between); each is reported once."""
         ...
 
     def poll_hits(self) -> list[Hit]:

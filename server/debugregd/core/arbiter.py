@@ -18,11 +18,33 @@ from typing import Any
 from debugregd.core import dr7 as dr7_abi
 from debugregd.core import eviction, registers
 from debugregd.core.admission import PoolBudget
-from debugregd.core.errors import Forbidden, InvalidRequest, InvalidTransition, NotFound, Refused
+from debugregd.core.errors import (
+    CoreError,
+    Forbidden,
+    InvalidRequest,
+    InvalidTransition,
+    KernelRefused,
+    NotFound,
+    Refused,
+    Unavailable,
+)
+from debugregd.core.kernel import (
+    DENIED,
+    INVALID,
+    NO_TASK,
+    Kernel,
+    Measurement,
+    NoRoom,
+    Rejected,
+    Unarmed,
+)
 from debugregd.core.model import (
+    OUTSIDE_PRIORITY,
     Allocation,
     Event,
     OnEvict,
+    OutsideHolder,
+    OutsideTarget,
     Priority,
     Request,
     Scope,
@@ -30,9 +52,18 @@ from debugregd.core.model import (
     Session,
     Watchpoint,
     parse_priority,
+    share_key,
 )
 from debugregd.core.profiles import Access, Profile, Space, make_profile, x86_64
-from debugregd.core.states import LIVE, TERMINAL, TRANSITIONS, State, Trigger, next_state
+from debugregd.core.states import (
+    EVENT_OF,
+    LIVE,
+    TERMINAL,
+    TRANSITIONS,
+    State,
+    Trigger,
+    next_state,
+)
 from debugregd.core.watch import Chunk
 
 # Enum members bound once: on Python 3.11 each `State.INSTALLED` lookup costs ~200 ns, and
@@ -52,8 +83,14 @@ ON_EXPIRE = Trigger.EXPIRE
 ON_QUEUE = Trigger.QUEUE
 ON_REINSTALL = Trigger.REINSTALL
 ON_RELEASE = Trigger.RELEASE
+ON_REJECT = Trigger.REJECT
 MAX_BLOCKERS = 16
 HIT_ACCESSES = ("exec", "read", "write")
+REJECTION_ERRORS: dict[str, type[CoreError]] = {
+    NO_TASK: NotFound,
+    INVALID: InvalidRequest,
+    DENIED: Forbidden,
+}
 
 
 @dataclass(slots=True)
@@ -104,6 +141,10 @@ class Arbiter:
         self.allocations: dict[str, Allocation] = {}  # live: installed or waiting
         self.history: OrderedDict[str, Allocation] = OrderedDict()  # terminal, bounded
         self.raw: dict[int, RawTask] = {}
+        # Registers users outside debugregd hold, by (budget, kind, cpu or tid): see `observe`.
+        self.outside: dict[tuple[str, str, int], OutsideHolder] = {}
+        # The hardware: asked to arm what is installed (set by the daemon; none in tests).
+        self.kernel: Kernel = Unarmed()
         self.event_id = 0
         self.generation = 0
         self._seq = 0  # arrival and install order
@@ -219,20 +260,26 @@ class Arbiter:
         pool, space, chunks, cpus = self._validate(request, session)
         budget = self.budgets[pool if not self.mode_switching else f"{pool}/{space.value}"]
         tid = request.scope.tid
-        key = (budget.name, tid, cpus, chunks, request.access)
+        key = share_key(budget.name, tid, cpus, chunks, request.access, request.arm)
         plan = eviction.FIT
-        if key not in self._shared and not budget.fits(tid, cpus, len(chunks)):
+        wp = self._shared.get(key)
+        if wp is None and not budget.fits(tid, cpus, len(chunks)):
             plan = self._plan(budget, tid, cpus, len(chunks), request.priority)
         if not plan.fits and not request.wait:
             raise Refused(self._refusal_detail(request, plan.blockers), self._name(plan.blockers))
+        if plan.fits and wp is None:
+            # The kernel is asked before anything changes: a refusal leaves no trace.
+            wp = self._watchpoint(key, budget, tid, cpus, len(chunks), space)
+            self._arm_or_raise(wp, plan.victims)
         alloc = self._new_allocation(session, request, pool, space, chunks, now)
         self._begin()
         if plan.fits:
+            assert wp is not None
             if plan.victims:
                 self._evict_all(
                     plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
                 )
-            self._install(alloc, cpus, budget, ON_ADMIT, now, key)
+            self._install(alloc, wp, budget, ON_ADMIT, now)
         else:
             self._queue(alloc, now, plan.blockers)
         return alloc, self._end(now)
@@ -353,24 +400,27 @@ class Arbiter:
             }
         )
         going = set(exclude)
-        needed: set[tuple[Any, ...]] = set()  # identical DRs share one register
+        # Identical DRs share one register: the new ones, in DR order (the kernel is asked in
+        # that order, so a replay asks the same).
+        needed: dict[tuple[Any, ...], Watchpoint] = {}
         joined: dict[Watchpoint, None] = {}  # registers already there that a DR shares
         for s in wanted:
-            share = self._share_key(key, tid, self.all_cpus, ((s.address, s.length),), s.access)
+            chunks = ((s.address, s.length),)
+            share = share_key(key, tid, self.all_cpus, chunks, s.access, True)
             existing = self._shared.get(share)
-            if existing is None or existing in going:
-                needed.add(share)
-            else:
+            if existing is not None and existing not in going:
                 joined[existing] = None
+            elif share not in needed:
+                needed[share] = self._watchpoint(share, budget, tid, self.all_cpus, 1, SPACE_USER)
         weight = len(needed)
         kept = {
-            self._share_key(key, tid, self.all_cpus, a.chunks, a.access)
+            share_key(key, tid, self.all_cpus, a.chunks, a.access, True)
             for a in (self.allocations[i] for i in keep.values())
         }
-        if len(needed | kept) > budget.slots:
+        if len(needed.keys() | kept) > budget.slots:
             raise InvalidRequest(
-                f"dr7 enables {len(needed | kept)} different watchpoints but this host has "
-                f"{budget.slots} debug registers"
+                f"dr7 enables {len(needed.keys() | kept)} different watchpoints but this host "
+                f"has {budget.slots} debug registers"
             )
         # A register the write shares is counted as staying: evicting it would take the
         # register the write was promised.
@@ -382,6 +432,9 @@ class Arbiter:
                 f"the debug registers written for task {tid} do not fit at ptrace priority",
                 self._name(plan.blockers),
             )
+        if needed or plan.victims or exclude:
+            freeing = [*exclude, *plan.victims]
+            self._raise_unless_armed(self.kernel.arm(tuple(needed.values()), freeing))
         self._begin()
         for alloc in dropped:
             self._finish(alloc, ON_RELEASE, now, "replaced by a debug register write")
@@ -405,8 +458,9 @@ class Arbiter:
             alloc = self._new_allocation(
                 session, request, self.profile.data_pool, SPACE_USER, chunks, now
             )
-            share = self._share_key(key, tid, self.all_cpus, chunks, slot.access)
-            self._install(alloc, self.all_cpus, budget, ON_ADMIT, now, share)
+            share = share_key(key, tid, self.all_cpus, chunks, slot.access, True)
+            wp = needed.get(share) or self._shared[share]
+            self._install(alloc, wp, budget, ON_ADMIT, now)
             raw.allocations[slot.index] = alloc.id
         raw.allocations = dict(sorted(raw.allocations.items()))
         return self._end(now)
@@ -462,6 +516,187 @@ class Arbiter:
         self._emit("hit", now, alloc.session, alloc, data)
         return self._end(now)
 
+    # ------------------------------------------------------------------ the world outside
+
+    def observe(self, measured: Measurement, now: float) -> list[Event]:
+        """Record what users outside debugregd were measured to hold (DESIGN section 12).
+
+        Each measured target's outside holder is set to what the kernel holds there beyond
+        debugregd's own watchpoints and reservations (never more than leaves the register files
+        consistent); a change is an `outside` event, and room that came back serves waiters.
+        """
+        if measured.budget not in self.budgets:
+            raise InvalidRequest(f"no budget {measured.budget!r} on this host")
+        self._begin()
+        self._apply_measurement(measured, now)
+        return self._end(now)
+
+    def outside_after(self, measured: Measurement) -> bool:
+        """Whether `observe(measured)` would change anything (so that a re-measurement that
+        found the same is not journaled)."""
+        budget = self.budgets.get(measured.budget)
+        if budget is None:
+            return False
+        return any(
+            (n, held) != self._outside_of(budget.name, target)
+            for target, n, held in self._outside_counts(budget, measured)
+        )
+
+    def task_exited(self, tid: int, now: float) -> list[Event]:
+        """Task `tid` is gone: its allocations expire and what was held outside on it goes."""
+        self._check_tid(tid)
+        self._begin()
+        self._end_task(tid, now)
+        return self._end(now)
+
+    def rearm(self, now: float) -> list[Event]:
+        """Arm again everything installed, in install order (after a restart: the journal says
+        what was installed, the kernel has nothing of it). What the kernel refuses is evicted
+        (requeued with on_evict: wait) and who holds the room is recorded."""
+        self._begin()
+        measured: dict[str, Measurement] = {}
+        reason = "the kernel refused it when debugregd restarted"
+        wps = sorted(
+            {
+                id(a.watchpoint): a.watchpoint
+                for a in self.allocations.values()
+                if a.watchpoint is not None
+            }.values(),
+            key=lambda w: w.seq,
+        )
+        for wp in wps:
+            if not wp.armed or not wp.holders:
+                continue
+            answer = self.kernel.arm((wp,), ())
+            if answer is None:
+                continue
+            if isinstance(answer, NoRoom):
+                m = answer.measured
+                into = measured.setdefault(m.budget, Measurement(m.budget))
+                into.cpus.update(m.cpus)
+                into.tasks.update(m.tasks)
+                into.others.update(m.others)
+                why = f"{reason}: users outside debugregd hold the registers"
+            elif answer.why == NO_TASK and wp.tid is not None and wp.tid > 0:
+                self._end_task(wp.tid, now)
+                continue
+            else:
+                why = f"{reason}: {answer.detail}"
+            for alloc in list(wp.holders):
+                self._evict_one(alloc, now, why, admin=False)
+        # Recorded once every refused holder is off the register files, so they stay consistent.
+        for m in measured.values():
+            self._apply_measurement(m, now)
+        return self._end(now)
+
+    def _outside_counts(
+        self, budget: PoolBudget, measured: Measurement
+    ) -> list[tuple[OutsideTarget, int, int]]:
+        """Each measured target's outside holder: (target, measured, held). Measured is what
+        users outside hold there, beyond a task's reservations (its debugger arms them through
+        ptrace, so the kernel shows them as held outside); held is as much of it as keeps every
+        CPU's register file within its slots."""
+        slots = budget.slots
+        out: list[tuple[OutsideTarget, int, int]] = []
+        held = {
+            c: budget.cpu_held[c] - self._outside_of(budget.name, ("cpu", c))[1]
+            for c in measured.cpus
+        }
+        cpu_held = list(budget.cpu_held)
+        for c, n in sorted(measured.cpus.items()):
+            counted = max(0, min(n, slots - held[c] - budget.max_task(c)))
+            out.append((("cpu", c), n, counted))
+            cpu_held[c] = held[c] + counted  # the CPU holders just measured count for tasks
+        for tid, n in sorted(measured.tasks.items()):
+            mine = self._outside_of(budget.name, ("task", tid))[1]
+            lists = budget.task_wps.get(tid, {})
+            reserved = max(
+                (sum(wp.weight for wp in wps if _reservation(wp)) for wps in lists.values()),
+                default=0,
+            )
+            n = max(0, n - reserved)
+            room = slots - max(
+                cpu_held[c] + budget.task_count(tid, c) - mine for c in self.all_cpus
+            )
+            out.append((("task", tid), n, max(0, min(n, room))))
+        for c, n in sorted(measured.others.items()):
+            out.append((("others", c), n, max(0, min(n, slots - cpu_held[c]))))
+        return out
+
+    def _apply_measurement(self, measured: Measurement, now: float) -> None:
+        budget = self.budgets[measured.budget]
+        for target, n, held in self._outside_counts(budget, measured):
+            self._set_outside(budget, target, n, held, now)
+
+    def _outside_of(self, budget: str, target: OutsideTarget) -> tuple[int, int]:
+        """(measured, held) of the outside holder of `target`; (0, 0) where there is none."""
+        holder = self.outside.get((budget, *target))
+        return (0, 0) if holder is None else (holder.measured, holder.held)
+
+    def _outside_watchpoint(self, budget: str, target: OutsideTarget, weight: int) -> Watchpoint:
+        kind, n = target
+        tid: int | None
+        cpus: tuple[int, ...]
+        if kind == "cpu":
+            tid, cpus = None, (n,)
+        elif kind == "task":
+            tid, cpus = n, self.all_cpus
+        else:  # a task debugregd does not manage, seen on CPU n: one that runs only there
+            tid, cpus = -(n + 1), (n,)
+        key = ("outside", budget, kind, n)
+        return Watchpoint(key, budget, tid, cpus, weight, False, 0, outside=target)
+
+    def _set_outside(
+        self, budget: PoolBudget, target: OutsideTarget, measured: int, held: int, now: float
+    ) -> None:
+        """Make the outside holder of `target` what was `measured`, `held` of it counted."""
+        key = (budget.name, *target)
+        holder = self.outside.get(key)
+        before = (0, 0) if holder is None else (holder.measured, holder.held)
+        if (measured, held) == before:
+            return
+        note = self._note_change
+        if holder is not None and holder.wp is not None and held != holder.held:
+            old = holder.wp
+            holder.wp = None
+            budget.remove(old)
+            self._baseline.pop(old, None)
+            registers.assign(budget, old, note)  # what stays packs down
+            old.indices = {}
+        if measured < before[0] or held < before[1]:
+            self._freed.add(budget.name)  # room came back, or the kernel shows less held
+        if not measured:
+            self.outside.pop(key, None)
+        else:
+            if holder is None:
+                holder = self.outside[key] = OutsideHolder(target, measured, now)
+            holder.measured = measured
+            if held and holder.wp is None:
+                wp = holder.wp = self._outside_watchpoint(budget.name, target, held)
+                self._seq += 1
+                wp.seq = self._seq
+                budget.add(wp)
+                if wp.tid is None:
+                    for c in wp.cpus:
+                        registers.assign_cpu(budget, c, note)
+                else:
+                    registers.place_task(budget, wp)
+        data = {"pool": budget.name, "target": _target_of(target), "registers": held}
+        data.update(previous=before[1], measured=measured)
+        self._emit("outside", now, None, data=data)
+
+    def _end_task(self, tid: int, now: float) -> None:
+        """Expire every live allocation of task `tid` and forget what was held on it."""
+        reason = f"task {tid} exited"
+        for alloc in [
+            a for a in self.allocations.values() if a.scope.kind is KIND_TASK and a.scope.tid == tid
+        ]:
+            self._finish(alloc, ON_EXPIRE, now, reason)
+        for budget in self.budgets.values():
+            if (budget.name, "task", tid) in self.outside:
+                self._set_outside(budget, ("task", tid), 0, 0, now)
+        self.raw.pop(tid, None)
+
     # ------------------------------------------------------------------ views
 
     def cpu_view(self, cpu: int) -> dict[str, Any]:
@@ -472,20 +707,25 @@ class Arbiter:
             cpu_regs: list[dict[str, Any] | None] = [None] * budget.slots
             for wp in budget.cpu_wps[cpu]:
                 for index in wp.indices.get(cpu, ()):
-                    cpu_regs[index] = {"allocations": [a.id for a in wp.holders]}
+                    cpu_regs[index] = _cell(wp)
             tasks = {}
             for tid in budget.tasks_above(cpu, 0):
+                if tid < 0:
+                    continue  # tasks outside debugregd: in "outside" below
                 tasks[str(tid)] = [
-                    {"index": i, "allocations": [a.id for a in wp.holders]}
+                    {"index": i, **_cell(wp)}
                     for wp in budget.task_wps[tid][cpu]
                     for i in wp.indices.get(cpu, ())
                 ]
+            cpu_wide = self._outside_of(key, ("cpu", cpu))
+            others = self._outside_of(key, ("others", cpu))
             pools[key] = {
                 "slots": budget.slots,
                 "cpu_held": budget.cpu_held[cpu],
                 "max_task_held": budget.max_task(cpu),
                 "registers": cpu_regs,
                 "tasks": tasks,
+                "outside": {"cpu": cpu_wide[1], "others": others[1]},
             }
         return {"cpu": cpu, "pools": pools}
 
@@ -496,7 +736,47 @@ class Arbiter:
             for a in self.allocations.values()
             if a.scope.kind is KIND_TASK and a.scope.tid == tid
         ]
-        return {"tid": tid, "allocations": allocs}
+        outside = {
+            budget: holder.held
+            for (budget, kind, n), holder in self.outside.items()
+            if kind == "task" and n == tid
+        }
+        return {"tid": tid, "allocations": allocs, "outside": outside}
+
+    def outside_records(self) -> list[dict[str, Any]]:
+        """What users outside debugregd hold, target by target, as last measured."""
+        return [
+            {
+                "pool": budget,
+                "target": _target_of(holder.target),
+                "registers": holder.held,
+                "measured": holder.measured,
+                "since": holder.since,
+            }
+            for (budget, _, _), holder in sorted(
+                self.outside.items(), key=lambda item: (item[1].since, item[0])
+            )
+        ]
+
+    def outside_targets(self) -> dict[str, dict[str, set[int]]]:
+        """Per budget, the targets whose outside holders are worth measuring again: the tasks
+        and the CPUs (for users CPU-wide, or on tasks debugregd does not manage) that have one."""
+        out: dict[str, dict[str, set[int]]] = {}
+        for budget, kind, n in self.outside:
+            out.setdefault(budget, {"cpus": set(), "tasks": set(), "others": set()})
+            out[budget]["tasks" if kind == "task" else "cpus" if kind == "cpu" else "others"].add(n)
+        return out
+
+    def tasks_in_use(self) -> set[int]:
+        """Every task with a live task-scope allocation or an outside record: the tasks whose
+        exit the daemon watches."""
+        tids = {
+            a.scope.tid
+            for a in self.allocations.values()
+            if a.scope.kind is KIND_TASK and a.scope.tid is not None
+        }
+        tids.update(n for (_, kind, n) in self.outside if kind == "task")
+        return tids
 
     # ------------------------------------------------------------------ snapshot
 
@@ -528,6 +808,18 @@ class Arbiter:
             ],
             "raw": [r.to_dict() for r in self.raw.values()],
             "recheck": sorted(self._recheck),
+            "outside": [
+                {
+                    "budget": budget,
+                    "kind": kind,
+                    "target": n,
+                    "measured": holder.measured,
+                    "registers": holder.held,
+                    "seq": None if holder.wp is None else holder.wp.seq,
+                    "since": holder.since,
+                }
+                for (budget, kind, n), holder in self.outside.items()
+            ],
         }
 
     @classmethod
@@ -568,13 +860,15 @@ class Arbiter:
         for item in data["history"]:
             alloc = _alloc_from_state(item)
             arb.history[alloc.id] = alloc
+        # Watchpoints and outside holders go back in install order, which fixes their indices.
+        placed: list[tuple[int, Watchpoint]] = []
         for w in data["watchpoints"]:
             holders = [arb.allocations[aid] for aid in w["holders"]]
             first = holders[0]
             budget = arb.budgets[arb._budget_key(first.pool, first.space)]
             cpus = arb._cpus_of(first.scope)
             tid = first.scope.tid if first.scope.kind is KIND_TASK else None
-            key = arb._share_key(budget.name, first.scope.tid, cpus, first.chunks, first.access)
+            key = share_key(budget.name, tid, cpus, first.chunks, first.access, first.arm)
             wp = Watchpoint(
                 key, budget.name, tid, cpus, first.weight, first.space is SPACE_KERNEL, w["seq"]
             )
@@ -582,6 +876,17 @@ class Arbiter:
             for alloc in holders:
                 alloc.watchpoint = wp
             arb._shared[key] = wp
+            placed.append((wp.seq, wp))
+        for o in data.get("outside", ()):
+            target = (o["kind"], o["target"])
+            holder = OutsideHolder(target, o["measured"], o["since"])
+            arb.outside[(o["budget"], *target)] = holder
+            if o["registers"]:
+                wp = holder.wp = arb._outside_watchpoint(o["budget"], target, o["registers"])
+                wp.seq = o["seq"]
+                placed.append((wp.seq, wp))
+        for _, wp in sorted(placed, key=lambda item: item[0]):
+            budget = arb.budgets[wp.pool]
             budget.add(wp)
             registers.assign(budget, wp, lambda _wp: None)
         arb._recheck = set(data.get("recheck", ()))
@@ -620,6 +925,11 @@ class Arbiter:
                 f"0x{request.address:x}+{request.length} needs {len(chunks)} registers but the "
                 f"{pool} pool has {slots}; watch a shorter or better aligned range"
             )
+        if not request.arm and scope.kind is not KIND_TASK:
+            raise InvalidRequest(
+                "a reservation (arm: false) is for a task, whose debugger writes the registers "
+                "through ptrace; a CPU-wide allocation is armed by debugregd"
+            )
         if session is not None:
             if request.priority > session.max_priority:
                 raise Forbidden(
@@ -652,16 +962,6 @@ class Arbiter:
     def _budget_key(self, pool: str, space: Space) -> str:
         return f"{pool}/{space.value}" if self.mode_switching else pool
 
-    @staticmethod
-    def _share_key(
-        budget: str,
-        tid: int | None,
-        cpus: tuple[int, ...],
-        chunks: tuple[Chunk, ...],
-        access: Access,
-    ) -> tuple[Any, ...]:
-        return (budget, tid, cpus, chunks, access)
-
     def _check_owner(self, alloc: Allocation, session_id: str | None) -> None:
         if session_id is not None and alloc.session != session_id:
             raise Forbidden(
@@ -683,6 +983,22 @@ class Arbiter:
     def _name(self, blockers: Iterable[Watchpoint]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for wp in blockers:
+            if wp.outside is not None:
+                target = _target(wp)
+                out.append(
+                    {
+                        "allocation": None,
+                        "session": None,
+                        "priority": OUTSIDE_PRIORITY,
+                        "evictable": False,
+                        "scope": target,
+                        "label": _outside_phrase(wp),
+                        "outside": True,
+                        "registers": wp.weight,
+                    }
+                )
+                if len(out) >= MAX_BLOCKERS:
+                    return out
             for alloc in wp.holders:
                 out.append(
                     {
@@ -701,6 +1017,11 @@ class Arbiter:
     def _refusal_detail(self, request: Request, blockers: list[Watchpoint]) -> str:
         named = ", ".join(a.id for wp in blockers[:4] for a in wp.holders[:1])
         why = f"held by {named}, which priority {request.priority} may not evict" if named else ""
+        outside = "; ".join(
+            dict.fromkeys(_outside_phrase(wp) for wp in blockers if wp.outside is not None)
+        )
+        if outside:
+            why = f"{why}; {outside}" if why else outside
         return (
             f"no room for 0x{request.address:x}+{request.length} at priority {request.priority}"
             + (f": {why}" if why else "")
@@ -788,34 +1109,59 @@ class Arbiter:
             session.allocations[alloc.id] = None
         return alloc
 
+    def _watchpoint(
+        self,
+        key: tuple[Any, ...],
+        budget: PoolBudget,
+        tid: int | None,
+        cpus: tuple[int, ...],
+        weight: int,
+        space: Space,
+    ) -> Watchpoint:
+        """A watchpoint not yet installed (its install order is given when it is)."""
+        return Watchpoint(key, budget.name, tid, cpus, weight, space is SPACE_KERNEL, 0)
+
+    def _arm_or_raise(self, wp: Watchpoint, victims: list[Watchpoint]) -> None:
+        """Have the kernel arm `wp` in the victims' place (for a reservation: find that it has
+        the room its holder will take), or raise what it answered (nothing changed: the kernel
+        is left as it was)."""
+        self._raise_unless_armed(self.kernel.arm((wp,), victims))
+
+    @staticmethod
+    def _raise_unless_armed(answer: NoRoom | Rejected | None) -> None:
+        if answer is None:
+            return
+        if isinstance(answer, NoRoom):
+            raise KernelRefused(
+                "the kernel has no room: users outside debugregd hold debug registers",
+                answer.measured,
+            )
+        raise REJECTION_ERRORS.get(answer.why, Unavailable)(answer.detail)
+
     def _install(
         self,
         alloc: Allocation,
-        cpus: tuple[int, ...],
+        wp: Watchpoint,
         budget: PoolBudget,
         trigger: Trigger,
         now: float,
-        key: tuple[Any, ...],
     ) -> None:
+        """Put `alloc` on `wp`: a watchpoint it shares, or a new one the kernel armed."""
         alloc.state = TRANSITIONS[(alloc.state, trigger)]  # callers only admit or reinstall
         self.generation += 1
         alloc.generation = self.generation
         alloc.updated_at = now
         alloc.reason = None
-        wp = self._shared.get(key)
-        if wp is None:
+        if not wp.holders:
             self._seq += 1
-            tid = alloc.scope.tid if alloc.scope.kind is KIND_TASK else None
-            wp = Watchpoint(
-                key, budget.name, tid, cpus, alloc.weight, alloc.space is SPACE_KERNEL, self._seq
-            )
-            self._shared[key] = wp
+            wp.seq = self._seq
+            self._shared[wp.key] = wp
             budget.add(wp)
             wp.holders.append(alloc)
             alloc.watchpoint = wp
             note = self._note_change
-            if tid is None:
-                for c in cpus:
+            if wp.tid is None:
+                for c in wp.cpus:
                     registers.assign_cpu(budget, c, note)
             else:
                 registers.place_task(budget, wp)
@@ -845,6 +1191,8 @@ class Arbiter:
             return
         budget = self.budgets[wp.pool]
         del self._shared[wp.key]
+        if wp.armed:
+            self.kernel.disarm(wp)
         budget.remove(wp)
         self._baseline.pop(wp, None)
         registers.assign(budget, wp, self._note_change)
@@ -905,13 +1253,18 @@ class Arbiter:
 
     def _serve_waiters(self, now: float) -> None:
         """Install waiting allocations that fit now, by priority then arrival; repeat while a
-        reinstallation (which may evict lower holders) frees room for an earlier one."""
+        reinstallation (which may evict lower holders) frees room for an earlier one.
+
+        The kernel has the last word: a reinstallation it refuses for room leaves the waiter
+        waiting and records who holds the registers (so the same waiter is not tried again until
+        they leave: no evict/reinstall loop); one whose task is gone ends with its task."""
         while self._freed and self._waiting:
             freed, self._freed = self._freed, set()
             # Refusals seen in this pass, by request shape: whether a request fits is monotone
             # (more weight or a lower priority never fits where the other did not), so a waiter
             # no better placed than one already refused is skipped without planning. Valid until
-            # the next installation changes the register files.
+            # the next installation changes the register files (more outside holders only make
+            # it truer).
             refused: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
             for _, _, aid in list(self._waiting):
                 alloc = self.allocations.get(aid)
@@ -922,13 +1275,14 @@ class Arbiter:
                     continue
                 budget = self.budgets[key]
                 cpus = self._cpus_of(alloc.scope)
-                share = self._share_key(key, alloc.scope.tid, cpus, alloc.chunks, alloc.access)
                 tid = alloc.scope.tid if alloc.scope.kind is KIND_TASK else None
-                if share not in self._shared:
+                share = share_key(key, tid, cpus, alloc.chunks, alloc.access, alloc.arm)
+                wp = self._shared.get(share)
+                if wp is None:
                     # A task holding nothing here competes only with CPU holders: which task
                     # it is does not matter.
                     who = tid if tid is None or tid in budget.task_held else "idle task"
-                    shape = (key, who, cpus)
+                    shape = (key, who, cpus, alloc.arm)
                     weight, priority = alloc.weight, alloc.priority
                     seen = refused.get(shape)
                     if seen and any(w <= weight and p >= priority for w, p in seen):
@@ -937,14 +1291,35 @@ class Arbiter:
                     if not plan.fits:
                         refused.setdefault(shape, []).append((weight, priority))
                         continue
+                    wp = self._watchpoint(share, budget, tid, cpus, weight, alloc.space)
+                    answer = self.kernel.arm((wp,), plan.victims)
+                    if answer is not None:
+                        self._refused_reinstall(alloc, answer, now)
+                        refused.setdefault(shape, []).append((weight, priority))
+                        continue
+                    victims = plan.victims
                 else:
-                    plan = eviction.FIT
+                    victims = []
                 refused.clear()
                 self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
-                self._evict_all(
-                    plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
-                )
-                self._install(alloc, cpus, budget, ON_REINSTALL, now, share)
+                self._evict_all(victims, now, f"evicted by {alloc.id} at priority {alloc.priority}")
+                self._install(alloc, wp, budget, ON_REINSTALL, now)
+
+    def _refused_reinstall(self, alloc: Allocation, answer: NoRoom | Rejected, now: float) -> None:
+        """The kernel refused to reinstall waiting `alloc`: record who holds the room, or end it
+        (its task is gone, or the kernel will never take it)."""
+        if isinstance(answer, NoRoom):
+            self._apply_measurement(answer.measured, now)
+        elif answer.why == NO_TASK and alloc.scope.kind is KIND_TASK:
+            assert alloc.scope.tid is not None
+            self._end_task(alloc.scope.tid, now)
+        else:
+            self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
+            alloc.state = next_state(alloc.state, ON_REJECT)
+            alloc.updated_at = now
+            alloc.reason = f"the kernel rejected it: {answer.detail}"
+            self._retire(alloc)
+            self._emit(EVENT_OF[ON_REJECT], now, alloc.session, alloc, {"reason": alloc.reason})
 
 
 def _triggers(watched: Access, kind: str) -> bool:
@@ -972,6 +1347,7 @@ def _alloc_state(alloc: Allocation) -> dict[str, Any]:
             "on_evict": alloc.on_evict,
             "wait": alloc.wait,
             "label": alloc.label,
+            "arm": alloc.arm,
         },
         "pool": alloc.pool,
         "space": alloc.space,
@@ -1001,6 +1377,40 @@ def _alloc_from_state(item: dict[str, Any]) -> Allocation:
     alloc.updated_at = item["updated_at"]
     alloc.reason = item["reason"]
     return alloc
+
+
+def _reservation(wp: Watchpoint) -> bool:
+    """A watchpoint its holder arms itself (a debugger through ptrace)."""
+    return wp.outside is None and not wp.armed
+
+
+def _target_of(target: OutsideTarget) -> dict[str, Any]:
+    kind, n = target
+    return {"kind": kind, "tid": n} if kind == "task" else {"kind": kind, "cpu": n}
+
+
+def _target(wp: Watchpoint) -> dict[str, Any]:
+    assert wp.outside is not None
+    return _target_of(wp.outside)
+
+
+def _outside_phrase(wp: Watchpoint) -> str:
+    """How a refusal names an outside holder: "outside debugregd: 2 registers on CPU 1"."""
+    assert wp.outside is not None
+    kind, n = wp.outside
+    where = {"cpu": f"on CPU {n}", "task": f"on task {n}"}.get(kind, f"on another task on CPU {n}")
+    plural = "register" if wp.weight == 1 else "registers"
+    return f"outside debugregd: {wp.weight} {plural} {where}"
+
+
+def _cell(wp: Watchpoint) -> dict[str, Any]:
+    """One register of a CPU's view: who holds it."""
+    if wp.outside is not None:
+        return {"allocations": [], "outside": _target(wp)}
+    cell: dict[str, Any] = {"allocations": [a.id for a in wp.holders]}
+    if not wp.armed:
+        cell["reservation"] = True
+    return cell
 
 
 __all__ = ["TERMINAL", "Arbiter", "RawTask"]

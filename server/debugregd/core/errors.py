@@ -57,3 +57,24 @@ class Refused(CoreError):
     def __init__(self, detail: str, blockers: list[dict[str, Any]]) -> None:
         super().__init__(detail, blockers=blockers)
         self.blockers = blockers
+
+
+class Unavailable(CoreError):
+    """The host cannot do it now for want of a resource of its own (file descriptors, memory);
+    retrying later may work."""
+
+    kind = "unavailable"
+    title = "Temporarily unavailable"
+
+
+class KernelRefused(CoreError):
+    """The kernel had no room for what the count rule admitted: users outside debugregd hold
+    registers the core did not know of. Nothing changed; the daemon records `measured` (a journaled
+    `Arbiter.observe`) and asks again, now deciding on the truth."""
+
+    kind = "kernel-refused"
+    title = "The kernel refused"
+
+    def __init__(self, detail: str, measured: Any) -> None:
+        super().__init__(detail)
+        self.measured = measured

@@ -22,6 +22,9 @@ class Priority(IntEnum):
 
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 1000
+# Users outside debugregd (gdb through ptrace, perf, bpftrace) rank above every priority: the
+# daemon can neither evict them nor tell them anything.
+OUTSIDE_PRIORITY = PRIORITY_MAX + 1
 
 
 def parse_priority(value: int | str) -> int:
@@ -118,6 +121,7 @@ class Request:
     on_evict: OnEvict = OnEvict.RELEASE
     wait: bool = False
     label: str = ""
+    arm: bool = True  # False: a reservation, counted but armed by its holder (a debugger)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +134,7 @@ class Request:
             "on_evict": self.on_evict.value,
             "wait": self.wait,
             "label": self.label,
+            "arm": self.arm,
         }
 
     @classmethod
@@ -144,6 +149,7 @@ class Request:
             on_evict=OnEvict(data.get("on_evict", "release")),
             wait=bool(data.get("wait", False)),
             label=str(data.get("label", "")),
+            arm=bool(data.get("arm", True)),
         )
 
 
@@ -153,6 +159,7 @@ class Allocation:
     __slots__ = (
         "access",
         "address",
+        "arm",
         "chunks",
         "created_at",
         "evictable",
@@ -196,6 +203,7 @@ class Allocation:
         self.on_evict = request.on_evict
         self.wait = request.wait
         self.label = request.label
+        self.arm = request.arm
         self.pool = pool
         self.space = space
         self.chunks = chunks
@@ -223,6 +231,7 @@ class Allocation:
             self.on_evict,
             self.wait,
             self.label,
+            self.arm,
         )
 
     def registers(self) -> list[dict[str, Any]]:
@@ -258,6 +267,7 @@ class Allocation:
             "priority": self.priority,
             "evictable": self.evictable,
             "on_evict": self.on_evict,
+            "arm": self.arm,
             "generation": generation,
             "registers": [] if indices is None else _registers(self.pool, indices),
             "space": self.space,
@@ -287,10 +297,23 @@ class Watchpoint:
     """The hardware side of one or more identical allocations: the registers they share.
 
     Allocations of one scope watching the same range with the same access share a watchpoint
-    (reference counted by `holders`), so it is counted once by admission.
+    (reference counted by `holders`), so it is counted once by admission. A watchpoint with
+    `outside` set stands for registers that users outside debugregd hold on a target: it has no
+    holders, ranks above every priority and is never evicted.
     """
 
-    __slots__ = ("cpus", "holders", "indices", "kernel", "key", "pool", "seq", "tid", "weight")
+    __slots__ = (
+        "cpus",
+        "holders",
+        "indices",
+        "kernel",
+        "key",
+        "outside",
+        "pool",
+        "seq",
+        "tid",
+        "weight",
+    )
 
     def __init__(
         self,
@@ -301,6 +324,7 @@ class Watchpoint:
         weight: int,
         kernel: bool,
         seq: int,
+        outside: OutsideTarget | None = None,
     ) -> None:
         self.key = key
         self.pool = pool  # the budget key: pool name, or pool and space with mode switching
@@ -309,8 +333,25 @@ class Watchpoint:
         self.weight = weight
         self.kernel = kernel
         self.seq = seq  # install order: index order and "most recently installed"
+        self.outside = outside
         self.holders: list[Allocation] = []
         self.indices: dict[int, tuple[int, ...]] = {}
+
+    # The parts of the sharing key (`share_key`) the hardware needs.
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        chunks: tuple[Chunk, ...] = self.key[3]
+        return chunks
+
+    @property
+    def access(self) -> Access:
+        access: Access = self.key[4]
+        return access
+
+    @property
+    def armed(self) -> bool:
+        """Whether the daemon arms it (False: a reservation, or users outside debugregd)."""
+        return self.outside is None and bool(self.key[5])
 
     # Read for every holder an eviction plan considers; most watchpoints have one holder.
     @property
@@ -318,6 +359,8 @@ class Watchpoint:
         holders = self.holders
         if len(holders) == 1:
             return holders[0].priority
+        if not holders:
+            return OUTSIDE_PRIORITY
         return max(h.priority for h in holders)
 
     @property
@@ -325,7 +368,42 @@ class Watchpoint:
         holders = self.holders
         if len(holders) == 1:
             return holders[0].evictable
-        return all(h.evictable for h in holders)
+        return bool(holders) and all(h.evictable for h in holders)
+
+
+# What users outside debugregd hold registers on: ("cpu", c) CPU-wide, ("task", tid) one task,
+# ("others", c) the fullest task on CPU c that debugregd does not manage.
+OutsideTarget = tuple[str, int]
+
+
+@dataclass(slots=True)
+class OutsideHolder:
+    """What users outside debugregd hold on one target: `measured`, as the kernel last showed
+    it, and `wp`, the registers admission counts for it: as many, unless the register files
+    could not hold them all (a reservation whose holder has not armed it yet keeps its place)."""
+
+    target: OutsideTarget
+    measured: int
+    since: float
+    wp: Watchpoint | None = None
+
+    @property
+    def held(self) -> int:
+        return 0 if self.wp is None else self.wp.weight
+
+
+def share_key(
+    budget: str,
+    tid: int | None,
+    cpus: tuple[int, ...],
+    chunks: tuple[Chunk, ...],
+    access: Access,
+    arm: bool,
+) -> tuple[Any, ...]:
+    """What identical watchpoints have in common, so they share one register: budget, task,
+    CPUs, chunks, access, and whether the daemon arms it (a reservation never shares with an
+    armed watchpoint: its holder writes the hardware itself, and the kernel counts both)."""
+    return (budget, tid, cpus, chunks, access, arm)
 
 
 @dataclass(slots=True)

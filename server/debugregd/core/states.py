@@ -27,7 +27,8 @@ class Trigger(StrEnum):
     EVICT_TO_WAIT = "evict_to_wait"  # taken, on_evict: wait
     MOVE = "move"  # register index changed by juggling or compaction
     REINSTALL = "reinstall"  # a waiting allocation fits again
-    EXPIRE = "expire"  # the owning session's lease ran out
+    EXPIRE = "expire"  # the owning session's lease ran out, or its task exited
+    REJECT = "reject"  # the kernel will never take a waiting allocation (not for room)
 
 
 NEW = None  # the state of a request before the arbiter has decided on it
@@ -43,6 +44,7 @@ TRANSITIONS: dict[tuple[State | None, Trigger], State] = {
     (State.WAITING, Trigger.REINSTALL): State.INSTALLED,
     (State.WAITING, Trigger.EXPIRE): State.EXPIRED,
     (State.WAITING, Trigger.RELEASE): State.RELEASED,
+    (State.WAITING, Trigger.REJECT): State.EVICTED,
 }
 
 EVENT_OF: dict[Trigger, str] = {
@@ -54,6 +56,7 @@ EVENT_OF: dict[Trigger, str] = {
     Trigger.MOVE: "moved",
     Trigger.REINSTALL: "reinstalled",
     Trigger.EXPIRE: "expired",
+    Trigger.REJECT: "evicted",
 }
 
 TERMINAL: frozenset[State] = frozenset({State.RELEASED, State.EVICTED, State.EXPIRED})
