@@ -126,14 +126,14 @@ def test_the_cli_allocates_streams_an_eviction_and_releases_over_https(
     )
     assert made.returncode == OK, made.stderr
     victim = json.loads(made.stdout)["allocation"]
-    kept = json.loads(
-        cli(
-            daemon,
-            *("allocate", "--cpu", "0", "--address", "0x7f0000002000", "--length", "8"),
-            *("--access", "rw", "--json"),
-            **mine,
-        ).stdout
-    )["allocation"]
+    made = cli(
+        daemon,
+        *("allocate", "--cpu", "0", "--address", "0x7f0000002000", "--length", "8"),
+        *("--access", "rw", "--json"),
+        **mine,
+    )
+    assert made.returncode == OK, made.stderr
+    kept = json.loads(made.stdout)["allocation"]
     with Client(daemon.url, ca=pki.ca) as anyone:
         since = anyone.health().event_id
 
