@@ -4,21 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.daemon import Daemon
 
+if TYPE_CHECKING:
+    from tests.support.certs import Pki
+
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Start daemons with extra `debugregd serve` flags; all are stopped after the test."""
+    """Start daemons with extra `debugregd serve` flags (`tls`: serve HTTPS with that PKI,
+    `mutual`: and ask clients for a certificate); all are stopped after the test."""
     started: list[Daemon] = []
 
-    def make(*args: str, state_dir: Path | None = None) -> Daemon:
+    def make(
+        *args: str, state_dir: Path | None = None, tls: Pki | None = None, mutual: bool = False
+    ) -> Daemon:
         directory = state_dir or tmp_path / f"state{len(started)}"
         directory.mkdir(parents=True, exist_ok=True)
-        daemon = Daemon(directory, "--cpus", "2", *args)
+        daemon = Daemon(directory, "--cpus", "2", *args, tls=tls, mutual=mutual)
         started.append(daemon)
         return daemon.start()
 

@@ -39,6 +39,7 @@ from debugreg.events import (
     handler_map,
 )
 from debugreg.handles import AllocationHandle, SessionHandle, allocation_request
+from debugreg.tls import StrPath
 
 T = TypeVar("T")
 log = logging.getLogger("debugreg")
@@ -236,7 +237,7 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
 
 
 class AsyncClient(ClientBase):
-    """An asyncio debugregd client; the same calls as `Client`, awaited."""
+    """An asyncio debugregd client; the same calls (and TLS settings) as `Client`, awaited."""
 
     def __init__(
         self,
@@ -249,6 +250,9 @@ class AsyncClient(ClientBase):
         backoff: Backoff | None = None,
         stream_timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca: StrPath | None = None,
+        cert: StrPath | None = None,
+        key: StrPath | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -258,8 +262,13 @@ class AsyncClient(ClientBase):
             retries=retries,
             backoff=backoff,
             stream_timeout=stream_timeout,
+            ca=ca,
+            cert=cert,
+            key=key,
         )
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=timeout, transport=transport, verify=self._verify()
+        )
         self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
 
     # -- transport: the only place the async client waits

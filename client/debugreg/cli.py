@@ -42,6 +42,9 @@ environment:
   DEBUGREG_TOKEN       session token: act as that session (allocate, release, ls, watch)
   DEBUGREG_SESSION     session id for `session keepalive|close|show` and `watch`
   DEBUGREGD_ADMIN_KEY  admin key: evict, state, all allocations, grants
+  DEBUGREG_CA          CA bundle (PEM) that signed an https:// daemon's certificate
+  DEBUGREG_CERT        client certificate (PEM) for a daemon that asks for one (mutual TLS)
+  DEBUGREG_KEY         the private key of DEBUGREG_CERT (if not in the same file)
   With both a token and the admin key, session-scoped commands use the token.
 
 exit codes:
@@ -400,6 +403,18 @@ def _connection_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         default=default(os.environ.get("DEBUGREGD_ADMIN_KEY")),
         help="admin key (env DEBUGREGD_ADMIN_KEY)",
     )
+    # None leaves the client to read DEBUGREG_CA, DEBUGREG_CERT and DEBUGREG_KEY itself.
+    group.add_argument(
+        "--ca",
+        default=default(None),
+        help="CA bundle that signed an https:// daemon's certificate (env DEBUGREG_CA)",
+    )
+    group.add_argument(
+        "--cert", default=default(None), help="client certificate, mutual TLS (env DEBUGREG_CERT)"
+    )
+    group.add_argument(
+        "--key", default=default(None), help="client certificate's key (env DEBUGREG_KEY)"
+    )
     group.add_argument(
         "--json",
         action="store_true",
@@ -539,7 +554,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with Client(args.url, admin_key=args.admin_key, token=args.token, retries=1) as client:
+        with Client(
+            args.url,
+            admin_key=args.admin_key,
+            token=args.token,
+            retries=1,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+        ) as client:
             code: int = args.run(client, args)
             return code
     except UsageError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -28,6 +29,7 @@ from debugreg.errors import (
     Unauthorized,
     Unreachable,
     from_reply,
+    invalid_tls,
     unreachable,
 )
 from debugreg.events import (
@@ -41,6 +43,7 @@ from debugreg.events import (
     handler_map,
 )
 from debugreg.handles import AllocationHandle, SessionHandle, allocation_request
+from debugreg.tls import StrPath, TLSSettings
 
 T = TypeVar("T")
 log = logging.getLogger("debugreg")
@@ -57,7 +60,8 @@ class StreamInterrupted(Exception):
 
 
 class ClientBase:
-    """Where the daemon is, which credentials to show, and how patiently to retry."""
+    """Where the daemon is, how to trust it, which credentials to show, and how patiently to
+    retry."""
 
     def __init__(
         self,
@@ -69,6 +73,9 @@ class ClientBase:
         retries: int,
         backoff: Backoff | None,
         stream_timeout: float,
+        ca: StrPath | None = None,
+        cert: StrPath | None = None,
+        key: StrPath | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.admin_key = admin_key
@@ -77,6 +84,17 @@ class ClientBase:
         self.retries = retries
         self.backoff = backoff or Backoff()
         self.stream_timeout = stream_timeout
+        self.tls = TLSSettings.resolve(ca, cert, key)
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for this daemon: the TLS settings' context for an https:// URL
+        (files are read only then, so a stale DEBUGREG_CA cannot break a plain-HTTP daemon)."""
+        if not self.url.lower().startswith("https://"):
+            return True
+        try:
+            return self.tls.context()
+        except ValueError as exc:
+            raise invalid_tls(f"cannot use the TLS settings for {self.url}: {exc}") from None
 
     @property
     def _admin(self) -> str | None:
@@ -340,7 +358,10 @@ class Client(ClientBase):
     """A synchronous debugregd client.
 
     `admin_key` authorizes admin calls and session grants; `token` acts as an existing session
-    (e.g. one opened by `debugreg session open`). Use as a context manager, or call `close()`.
+    (e.g. one opened by `debugreg session open`). For an `https://` URL, `ca` is the CA bundle
+    that signed the daemon's certificate (default: DEBUGREG_CA, else the system's) and `cert`
+    and `key` the client certificate for mutual TLS (DEBUGREG_CERT, DEBUGREG_KEY). Use as a
+    context manager, or call `close()`.
     """
 
     def __init__(
@@ -354,6 +375,9 @@ class Client(ClientBase):
         backoff: Backoff | None = None,
         stream_timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        ca: StrPath | None = None,
+        cert: StrPath | None = None,
+        key: StrPath | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -363,8 +387,13 @@ class Client(ClientBase):
             retries=retries,
             backoff=backoff,
             stream_timeout=stream_timeout,
+            ca=ca,
+            cert=cert,
+            key=key,
         )
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, transport=transport, verify=self._verify()
+        )
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
     # -- transport: the only place the sync client waits

@@ -129,6 +129,14 @@ def unreachable(url: str, exc: BaseException) -> Unreachable:
     )
 
 
+def invalid_tls(detail: str) -> InvalidRequest:
+    """TLS settings the client cannot use (a CA bundle or certificate it cannot read), rejected
+    before anything is sent, like an invalid request (422)."""
+    return InvalidRequest(
+        Problem(type="about:blank", title="Invalid TLS setting", status=422, detail=detail)
+    )
+
+
 def invalid_locally(exc: ValidationError) -> InvalidRequest:
     """A request the client already knows is invalid, reported as the daemon would (422)."""
     errors = [

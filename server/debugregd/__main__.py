@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from debugregd import tls
 from debugregd.api.app import (
     StartupError,
     create_app,
@@ -80,6 +81,10 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    refused = tls.problem(settings)
+    if refused is not None:
+        print(f"debugregd: {refused}", file=sys.stderr)
+        return 2
     try:
         # The hardware is checked before anything else: a contradiction is one line, no server.
         open_backend(settings).close()
@@ -88,15 +93,17 @@ def serve(settings: Settings) -> int:
         print(f"debugregd: {exc}", file=sys.stderr)
         return 1
     key, generated = admin_key_for(settings)
-    if not is_loopback(settings.host):
+    if not is_loopback(settings.host) and not settings.tls:
         log.warning(
             "LISTENING ON %s WITHOUT TLS: session tokens and the admin key cross the network in "
-            "clear text. Bind to 127.0.0.1, or put a TLS-terminating proxy in front.",
+            "clear text. Bind to 127.0.0.1, or serve HTTPS (--tls-cert and --tls-key).",
             settings.host,
         )
     app = create_app(settings, key, lock)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    base = f"http://{shown}:{settings.port}"
+    if ":" in shown:
+        shown = f"[{shown}]"  # an IPv6 address in a URL
+    base = f"{'https' if settings.tls else 'http'}://{shown}:{settings.port}"
     print(f"debugregd: dashboard at {base}/", flush=True)
     if generated or sys.stdout.isatty():
         # A URL fragment never reaches the server, so the key stays out of access logs.
@@ -112,6 +119,7 @@ def serve(settings: Settings) -> int:
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=5,
         lifespan="on",
+        **tls.uvicorn_options(settings),
     )
 
     def end_streams() -> None:

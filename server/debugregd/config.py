@@ -72,7 +72,15 @@ class Settings:
     outside_interval_s: float = 1.0
     outside_scan_s: float = 2.0
     log_level: str = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # given: clients must show a certificate it signed
     admin_key: str | None = None  # environment only: a flag would show in `ps`
+
+    @property
+    def tls(self) -> bool:
+        """Whether the daemon serves HTTPS itself."""
+        return self.tls_cert is not None or self.tls_key is not None
 
 
 ENV = "DEBUGREGD_"
@@ -106,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             default = kind(value) if callable(kind) else value
         serve.add_argument(flag, default=default, help=help, **kw)
 
-    option("--host", "address to bind; keep loopback unless TLS terminates in front", d.host)
+    option("--host", "address to bind; keep loopback unless TLS is on (--tls-cert)", d.host)
     option("--port", "TCP port", d.port, type=int)
     option("--state-dir", "journal, admin key and lock live here", d.state_dir, type=Path)
     option("--profile", "hardware profile", d.profile, choices=["x86_64", "arm64", "ppc64"])
@@ -160,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_not_negative,
     )
     option("--log-level", "log level", d.log_level, choices=["debug", "info", "warning", "error"])
+    option("--tls-cert", "serve HTTPS with this PEM certificate (chain)", None, type=Path)
+    option("--tls-key", "the PEM private key of --tls-cert", None, type=Path)
+    option(
+        "--tls-client-ca",
+        "mutual TLS: refuse clients without a certificate signed by this PEM CA bundle",
+        None,
+        type=Path,
+    )
     sub.add_parser("openapi", help="print the OpenAPI document (openapi.json)")
     return parser
 
@@ -184,6 +200,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         outside_interval_s=args.outside_interval,
         outside_scan_s=args.outside_scan,
         log_level=args.log_level,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         admin_key=os.environ.get(ENV + "ADMIN_KEY") or None,
     )
 

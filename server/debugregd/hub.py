@@ -8,10 +8,14 @@ the journal. So a slow or stalled consumer costs the arbiter one length check, n
 from __future__ import annotations
 
 import asyncio
+import bisect
+import time
 from collections import deque
 from collections.abc import Iterable
 
 from debugregd.store.journal import StoredEvent
+
+PUBLISH_TIMES = 4096  # publishes whose time is remembered, for the notice latency
 
 
 class Subscriber:
@@ -76,6 +80,11 @@ class EventHub:
         self.by_session: dict[str | None, set[Subscriber]] = {}
         self.published_id = 0
         self.disconnected_slow = 0
+        # (last event id, perf_counter) of each publish, oldest first: one pair per commit
+        # rather than a time per event per subscriber, which 10,000 streams would pay for.
+        self._published_ids: list[int] = []
+        self._published_at: list[float] = []
+        self._forgot = False
 
     def subscribe(self, session: str | None) -> Subscriber:
         sub = Subscriber(session, self.buffer)
@@ -92,6 +101,7 @@ class EventHub:
                 del self.by_session[sub.session]
 
     def publish(self, events: Iterable[StoredEvent]) -> None:
+        before = self.published_id
         everyone = self.by_session.get(None, ())
         for ev in events:
             self.recent.append(ev)
@@ -102,6 +112,25 @@ class EventHub:
                     if not sub.overflowed:
                         sub.push(ev)
                         self.disconnected_slow += sub.overflowed
+        if self.published_id != before:
+            self._stamp()
+
+    def _stamp(self) -> None:
+        ids, at = self._published_ids, self._published_at
+        ids.append(self.published_id)
+        at.append(time.perf_counter())
+        if len(ids) > 2 * PUBLISH_TIMES:  # trimmed in halves: amortized O(1) per publish
+            del ids[:PUBLISH_TIMES], at[:PUBLISH_TIMES]
+            self._forgot = True
+
+    def published_at(self, event_id: int) -> float | None:
+        """When `event_id` was published (time.perf_counter(): right after its commit), or None
+        when that is no longer remembered."""
+        ids = self._published_ids
+        i = bisect.bisect_left(ids, event_id)
+        if i == len(ids) or (i == 0 and self._forgot):
+            return None
+        return self._published_at[i]
 
     def recent_after(self, event_id: int) -> list[StoredEvent] | None:
         """Events after `event_id` if the in-memory window still covers them, else None."""

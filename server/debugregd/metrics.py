@@ -5,8 +5,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -16,7 +17,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from debugregd.core import Arbiter, State
+from debugregd.core import Arbiter, Priority, State, priority_class
 from debugregd.hub import EventHub
 
 LATENCY_BUCKETS = (
@@ -34,6 +35,36 @@ LATENCY_BUCKETS = (
     0.05,
     0.1,
 )
+# From a commit to the bytes handed to a stream's socket: a loaded loop takes milliseconds.
+NOTICE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+# Every class is exported from the start, at 0, so a first refusal is a rate, not a new series.
+PRIORITY_CLASSES = ("below-background", *(p.name.lower() for p in Priority))
+
+
+def refused_class(command: dict[str, Any]) -> str:
+    """The priority class of a refused command; a raw debug-register write asks at ptrace's."""
+    if command.get("op") == "set_debugregs":
+        return priority_class(Priority.PTRACE)
+    # The journaled request carries the priority as an integer already.
+    return priority_class(int(command.get("request", {}).get("priority", Priority.NORMAL)))
 
 
 @dataclass
@@ -45,6 +76,16 @@ class Stats:
     evictions: int = 0
     refusals: int = 0
     events: dict[str, int] = field(default_factory=dict)
+    refusals_by_class: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(PRIORITY_CLASSES, 0)
+    )
+    commit_failures: int = 0
+
+    def refused(self, command: dict[str, Any]) -> None:
+        """Count a refusal, by the priority class that asked."""
+        self.refusals += 1
+        cls = refused_class(command)
+        self.refusals_by_class[cls] = self.refusals_by_class.get(cls, 0) + 1
 
 
 class LatencyHistogram(Collector):
@@ -98,7 +139,19 @@ class _ArbiterCollector(Collector):
             events.add_metric([kind], n)
         yield events
         yield _counter("debugregd_evictions", "Allocations evicted", st.evictions)
-        yield _counter("debugregd_refusals", "Requests refused (409)", st.refusals)
+        refusals = CounterMetricFamily(
+            "debugregd_refusals",
+            "Requests refused (409), by the priority class that asked",
+            labels=["priority_class"],
+        )
+        for cls, n in st.refusals_by_class.items():
+            refusals.add_metric([cls], n)
+        yield refusals
+        yield _counter(
+            "debugregd_journal_commit_failures",
+            "Group commits the journal failed (the daemon then stops: fail-stop)",
+            st.commit_failures,
+        )
         yield _counter("debugregd_allocations_installed", "Installations", st.allocations)
         yield _counter(
             "debugregd_sse_slow_disconnects",
@@ -122,10 +175,17 @@ class _ArbiterCollector(Collector):
             "Registers in use per CPU and pool while the fullest task runs",
             labels=["cpu", "pool"],
         )
+        slots = GaugeMetricFamily(
+            "debugregd_register_slots",
+            "Registers per CPU and pool (the denominator of occupancy)",
+            labels=["cpu", "pool"],
+        )
         for key, budget in arb.budgets.items():
             for cpu in range(arb.ncpus):
                 used.add_metric([str(cpu), key], budget.used(cpu))
+                slots.add_metric([str(cpu), key], budget.slots)
         yield used
+        yield slots
         outside = GaugeMetricFamily(
             "debugregd_outside_registers",
             "Registers users outside debugregd hold, as last measured, per CPU and pool: "
@@ -166,9 +226,18 @@ class Metrics:
             "Time of one group commit to the journal",
             LATENCY_BUCKETS,
         )
+        self.notices = LatencyHistogram(
+            "debugregd_notice_delivery_seconds",
+            "Time from an event's commit to its delivery on a live event stream",
+            NOTICE_BUCKETS,
+        )
         r.register(self.decisions)
         r.register(self.commits)
+        r.register(self.notices)
         self.up = Gauge("debugregd_up", "1 while the daemon serves", registry=r)
+        # process_start_time_seconds (restarts: the fail-stop of a failing journal shows here)
+        # and process_open_fds against process_max_fds (LimitNOFILE: every stream holds one).
+        ProcessCollector(registry=r)
 
     def watch(
         self,

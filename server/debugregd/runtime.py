@@ -180,7 +180,7 @@ class Runtime:
                     [],
                 )
         except Refused:
-            self.stats.refusals += 1
+            self.stats.refused(command)
             raise
         finally:
             self.metrics.decisions.observe(time.perf_counter() - started)
@@ -342,6 +342,7 @@ class Runtime:
                 self.journal.write(batch)
             except Exception as exc:  # a journal that cannot commit must not keep serving
                 log.critical("journal commit failed, shutting down: %s", exc)
+                self.stats.commit_failures += 1
                 self.failed = exc
                 for future in pending:
                     if not future.done():

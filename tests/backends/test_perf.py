@@ -220,9 +220,7 @@ def test_a_refused_eviction_arms_the_victims_again(
         close(outsider)
 
 
-def test_users_outside_are_told_apart_by_where_they_hold(
-    perf: PerfBackend, sleeper: int
-) -> None:
+def test_users_outside_are_told_apart_by_where_they_hold(perf: PerfBackend, sleeper: int) -> None:
     word = ctypes.c_uint64(0)
     where = {"dr": Targets(cpus={0}, tasks={sleeper}, others={0})}
     # Other programs on this machine may hold breakpoints too: the test counts from them.

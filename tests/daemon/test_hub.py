@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+import debugregd.hub
 from debugregd.hub import EventHub
 from debugregd.store.journal import StoredEvent
 
@@ -65,3 +68,31 @@ async def test_close_wakes_every_waiting_stream() -> None:
     hub.close()
     assert await asyncio.gather(*waiting) == [True, True]
     assert all(s.closed for s in subs)
+
+
+def test_an_event_is_timed_from_the_publish_that_carried_it() -> None:
+    hub = EventHub()
+    assert hub.published_at(1) is None  # not published yet
+    hub.publish([event(1, "s1"), event(2, "s1")])
+    hub.publish([])  # an empty commit publishes nothing
+    hub.publish([event(3, None)])
+    first, second = hub.published_at(1), hub.published_at(3)
+    assert first is not None and second is not None
+    assert hub.published_at(2) == first < second
+    assert hub.published_at(4) is None
+
+
+def test_only_the_latest_publishes_are_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debugregd.hub, "PUBLISH_TIMES", 2)
+    hub = EventHub()
+    for id_ in range(1, 6):
+        hub.publish([event(id_, None)])
+    # Past twice the bound the older half goes: 1 and 2. The oldest publish kept (3) cannot
+    # be told apart from the forgotten ones before it, so it is not timed either.
+    assert [hub.published_at(i) is not None for i in range(1, 6)] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]

@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.support.certs import Pki
 
 START_TIMEOUT_S = 30.0
 
@@ -22,14 +27,26 @@ def free_port() -> int:
 
 
 class Daemon:
-    """`debugregd serve` as a child process. The state directory outlives restarts."""
+    """`debugregd serve` as a child process. The state directory outlives restarts.
 
-    def __init__(self, state_dir: Path, *args: str, admin_key: str = "test-admin-key") -> None:
+    With `tls` it serves HTTPS with that PKI's server certificate (and, `mutual`, asks clients
+    for one signed by its CA); its own httpx clients trust that CA and show the client pair.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *args: str,
+        admin_key: str = "test-admin-key",
+        tls: Pki | None = None,
+        mutual: bool = False,
+    ) -> None:
         self.state_dir = state_dir
-        self.args = list(args)
+        self.tls = tls
+        self.args = [*(tls.server_args(mutual=mutual) if tls else ()), *args]
         self.admin_key = admin_key
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir / "daemon.log"
 
@@ -59,7 +76,8 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"debugregd exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                answer = httpx.get(f"{self.url}/healthz", timeout=1.0, verify=self.verify())
+                if answer.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -91,10 +109,17 @@ class Daemon:
         code = self.proc.wait(timeout=30)
         return code
 
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for this daemon: its CA and the client pair when it serves TLS."""
+        return self.tls.client_context() if self.tls else True
+
     def admin(self) -> httpx.Client:
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.admin_key}"},
+            timeout=10,
+            verify=self.verify(),
         )
 
     def anon(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10)
+        return httpx.Client(base_url=self.url, timeout=10, verify=self.verify())

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import math
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from debugreg.loadtest.transport import (
     RawEngine,
     TransportError,
 )
+from debugreg.tls import TLSSettings
 
 SETUP_CONCURRENCY = 64  # sessions opened at once: a burst of 500 would only queue in the daemon
 DRAIN_TIMEOUT_S = 30.0
@@ -261,7 +261,9 @@ async def engines(config: Config, stack: contextlib.AsyncExitStack) -> tuple[lis
     timeout = httpx.Timeout(None, connect=10.0)
     # Streams hold their connection for the whole run and are not reused after they end.
     stream_limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-    tls = ssl.create_default_context()  # one for all pools (each would load the CA store)
+    # One context for all pools (each would load the CA store); DEBUGREG_CA, DEBUGREG_CERT and
+    # DEBUGREG_KEY point it at a daemon's own CA and a client certificate, as for the CLI.
+    tls = TLSSettings.resolve().context() if config.url.startswith("https://") else True
     out: list[Engine] = []
     for _ in range(max(1, math.ceil(config.clients / SHARD_CLIENTS))):
         requests = httpx.AsyncClient(

@@ -81,6 +81,7 @@ async def stream(d: Daemon, since: int | None, session: str | None) -> AsyncIter
                                 return
                         last = max(last, ev.id)
         heartbeat = d.settings.heartbeat_s
+        delivery = rt.metrics.notices
         while not sub.overflowed:
             if not sub.pending:
                 if sub.closed:
@@ -92,6 +93,10 @@ async def stream(d: Daemon, since: int | None, session: str | None) -> AsyncIter
             if live.id > last:
                 last = live.id
                 yield _sse(live)
+                # Resumed here once the server has sent the bytes on: the event is delivered.
+                published = hub.published_at(live.id)
+                if published is not None:
+                    delivery.observe(time.perf_counter() - published)
                 if session is not None and live.type == "session_closed":
                     return  # the session is over: so is its stream
     finally:
