@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/core.py --json
 	$(BIN)/python bench/http.py --json
 	$(BIN)/python bench/journal.py --json
+	$(BIN)/python bench/arming.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -67,6 +67,7 @@ def allocation_line(record: schema.Allocation) -> str:
     parts = [
         record.id,
         record.state,
+        *(() if record.arm else ("reservation",)),
         f"generation={record.generation}",
         f"registers={registers_text(record).replace(' ', ',')}",
         f"priority={record.priority}",
@@ -97,6 +98,7 @@ def allocation_details(record: schema.Allocation) -> list[str]:
         f"priority: {record.priority}",
         f"evictable: {str(record.evictable).lower()}",
         f"on_evict: {record.on_evict}",
+        f"arm: {'true' if record.arm else 'false (a reservation: its debugger arms it)'}",
         f"generation: {record.generation}",
         f"registers: {registers_text(record)}",
         f"label: {record.label}",
@@ -128,7 +130,7 @@ def allocations_table(records: Sequence[schema.Allocation], title: str | None = 
         table.add_row(
             r.id,
             r.session or "-",
-            r.state,
+            r.state if r.arm else f"{r.state} (reservation)",
             str(r.priority),
             scope_text(r.scope),
             address_text(r),
@@ -165,18 +167,26 @@ def sessions_table(sessions: Sequence[schema.SessionInfo]) -> Table:
     return table
 
 
+def cell_text(cell: dict[str, Any] | None) -> str:
+    """Who holds one register: '-', 'a4', 'a4(reservation)', 'outside'."""
+    if not cell:
+        return "-"
+    if cell.get("outside"):
+        return "outside"
+    held = ",".join(cell.get("allocations", ()))
+    return f"{held}(reservation)" if cell.get("reservation") else held
+
+
 def register_lines(cpus: Iterable[dict[str, Any]]) -> list[str]:
     """Each CPU's register file, index by index: `cpu0 dr: 0=- 1=- 2=a4 3=a1`."""
     out = []
     for view in cpus:
         for pool, info in sorted(view.get("pools", {}).items()):
             slots = info.get("registers") or []
-            cells = [
-                f"{i}={','.join(reg['allocations']) if reg else '-'}" for i, reg in enumerate(slots)
-            ]
+            cells = [f"{i}={cell_text(reg)}" for i, reg in enumerate(slots)]
             out.append(f"cpu{view.get('cpu')} {pool}: " + " ".join(cells))
             for tid, held in sorted(info.get("tasks", {}).items()):
-                cells = [f"{h['index']}={','.join(h['allocations'])}" for h in held]
+                cells = [f"{h['index']}={cell_text(h)}" for h in held]
                 out.append(f"cpu{view.get('cpu')} {pool} task {tid}: " + " ".join(cells))
     return out
 
@@ -190,7 +200,20 @@ def host_lines(host: schema.Host) -> list[str]:
         f"mode_switching: {str(host.mode_switching).lower()}",
         f"backend: {host.backend}",
         f"version: {host.version}",
+        *(f"probe {key}: {value}" for key, value in sorted(host.probe.items())),
+        *(f"outside debugregd: {outside_text(o)}" for o in host.outside),
     ]
+
+
+def outside_text(o: schema.Outside) -> str:
+    """'2 registers on CPU 1 (pool dr)', as a refusal names them."""
+    t = o.target
+    where = {"cpu": f"on CPU {t.cpu}", "task": f"on task {t.tid}"}.get(
+        t.kind, f"on another task on CPU {t.cpu}"
+    )
+    plural = "register" if o.registers == 1 else "registers"
+    measured = f", {o.measured} measured" if o.measured != o.registers else ""
+    return f"{o.registers} {plural} {where} (pool {o.pool}{measured})"
 
 
 def debugregs_lines(regs: schema.DebugRegsState) -> list[str]:

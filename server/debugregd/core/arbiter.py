@@ -1008,6 +1008,7 @@ class Arbiter:
                         "evictable": alloc.evictable,
                         "scope": alloc.scope.to_dict(),
                         "label": alloc.label,
+                        "outside": False,
                     }
                 )
                 if len(out) >= MAX_BLOCKERS:
