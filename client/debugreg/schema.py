@@ -268,6 +268,13 @@ class OutsideList(BaseModel):
     outside: list[Outside]
 
 
+class Traced(BaseModel):
+    """A task a debugger traces, as --yield-to-tracers saw it attach."""
+
+    tid: int
+    tracer: str = Field(description="who traces it, e.g. 'PID 4242 (gdb)'")
+
+
 class Host(BaseModel):
     profile: str
     cpus: int
@@ -279,6 +286,13 @@ class Host(BaseModel):
         default_factory=dict, description="what the backend found on the hardware at start"
     )
     outside: list[Outside] = Field(default_factory=list)
+    reserve_for_ptrace: int = Field(
+        default=0, description="registers per CPU that requests below ptrace must leave free"
+    )
+    yield_to_tracers: bool = Field(
+        default=False, description="whether holders below ptrace make room for a tracer"
+    )
+    traced: list[Traced] = Field(default_factory=list, description="tasks a debugger traces")
 
 
 class DebugRegs(Strict):

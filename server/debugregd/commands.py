@@ -92,6 +92,18 @@ def _rearm(arb: Arbiter, c: Command) -> Outcome:
     return None, arb.rearm(c["now"])
 
 
+def _configure(arb: Arbiter, c: Command) -> Outcome:
+    return None, arb.configure(c["now"], reserved_for_ptrace=c["reserved_for_ptrace"])
+
+
+def _trace(arb: Arbiter, c: Command) -> Outcome:
+    return None, arb.trace(c["tid"], c["tracer"], c["now"])
+
+
+def _untrace(arb: Arbiter, c: Command) -> Outcome:
+    return None, arb.untrace(c["tid"], c["now"])
+
+
 OPS: dict[str, Callable[[Arbiter, Command], Outcome]] = {
     "tick": _tick,
     "open_session": _open_session,
@@ -108,6 +120,9 @@ OPS: dict[str, Callable[[Arbiter, Command], Outcome]] = {
     "observe": _observe,
     "task_exited": _task_exited,
     "rearm": _rearm,
+    "configure": _configure,
+    "trace": _trace,
+    "untrace": _untrace,
 }
 
 

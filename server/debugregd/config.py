@@ -71,6 +71,8 @@ class Settings:
     synchronous: str = "NORMAL"
     outside_interval_s: float = 1.0
     outside_scan_s: float = 2.0
+    reserve_for_ptrace: int = 0
+    yield_to_tracers: bool = False
     log_level: str = "info"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -167,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
         d.outside_scan_s,
         type=_not_negative,
     )
+    option(
+        "--reserve-for-ptrace",
+        "registers per CPU kept out of reach of requests below ptrace priority, so a debugger "
+        "that does not ask debugregd (plain gdb) can always set that many watchpoints",
+        d.reserve_for_ptrace,
+        type=int,
+    )
+    serve.add_argument(
+        "--yield-to-tracers",
+        action=argparse.BooleanOptionalAction,
+        default=_truthy(env(ENV + "YIELD_TO_TRACERS", "0")),
+        help="when a debugger attaches (ptrace) to a task holding allocations below ptrace "
+        "priority, evict them so it finds room (on_evict: wait ones come back after it "
+        "detaches); needs --backend perf",
+    )
     option("--log-level", "log level", d.log_level, choices=["debug", "info", "warning", "error"])
     option("--tls-cert", "serve HTTPS with this PEM certificate (chain)", None, type=Path)
     option("--tls-key", "the PEM private key of --tls-cert", None, type=Path)
@@ -199,6 +216,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         synchronous=args.synchronous,
         outside_interval_s=args.outside_interval,
         outside_scan_s=args.outside_scan,
+        reserve_for_ptrace=args.reserve_for_ptrace,
+        yield_to_tracers=args.yield_to_tracers,
         log_level=args.log_level,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -32,6 +32,7 @@ from debugregd.hub import EventHub
 from debugregd.metrics import Metrics, Stats
 from debugregd.store.journal import Batch, Journal, StoredEvent
 from debugregd.tasks import TaskWatcher
+from debugregd.tracers import TracerWatcher, describe
 
 log = logging.getLogger("debugregd")
 
@@ -68,6 +69,8 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         outside_interval: float = 1.0,
         outside_scan: float = 2.0,
+        reserve_for_ptrace: int = 0,
+        yield_to_tracers: bool = False,
     ) -> None:
         self.arbiter = arbiter
         self.journal = journal
@@ -79,6 +82,12 @@ class Runtime:
         self.outside_interval = outside_interval
         self.outside_scan = outside_scan
         self.tasks = TaskWatcher(self.task_exited) if backend.real_tasks else None
+        self.reserve_for_ptrace = reserve_for_ptrace
+        self.tracers = (
+            TracerWatcher(arbiter.tasks_in_use, self.tracer_changed)
+            if yield_to_tracers and backend.real_tasks
+            else None
+        )
         self.probe: dict[str, Any] = {}
         self.retention = retention
         self.clock = clock
@@ -127,8 +136,15 @@ class Runtime:
         is installed, find who holds registers outside debugregd, and start the sweepers."""
         self.probe = self.backend.probe()
         self.stage({"op": "grace", "now": self.clock()})
+        if self.arbiter.reserved_for_ptrace != self.reserve_for_ptrace:
+            self.apply({"op": "configure", "reserved_for_ptrace": self.reserve_for_ptrace})
+        if self.tracers is None:  # not yielding any more: nothing stays held back for a tracer
+            for tid in sorted(self.arbiter.traced):
+                self.apply({"op": "untrace", "tid": tid})
         self.apply({"op": "rearm"})
         self.remeasure(scan=True)
+        if self.tracers is not None:
+            self.tracers.start()
         if self.tasks is not None:
             for tid in sorted(self.arbiter.tasks_in_use()):
                 self.tasks.watch(tid)
@@ -146,6 +162,8 @@ class Runtime:
         self.hub.close()
         if self.tasks is not None:
             self.tasks.close()
+        if self.tracers is not None:
+            self.tracers.close()
         if self.failed is None:
             self._flush()
             self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
@@ -233,6 +251,16 @@ class Runtime:
             return
         self.apply({"op": "task_exited", "tid": tid})
 
+    def tracer_changed(self, tid: int, tracer: int) -> None:
+        """A debugger attached to (or, `tracer` 0, detached from) task `tid` (a journaled
+        fact): with --yield-to-tracers, the task's holders below ptrace make room for it."""
+        if self.failed is not None:
+            return
+        if tracer:
+            self.apply({"op": "trace", "tid": tid, "tracer": describe(tracer)})
+        elif tid in self.arbiter.traced:
+            self.apply({"op": "untrace", "tid": tid})
+
     def _watch_new_task(self, command: Command) -> None:
         assert self.tasks is not None
         op = command["op"]
@@ -244,6 +272,9 @@ class Runtime:
             return
         if tid is not None:
             self.tasks.watch(tid)
+            if self.tracers is not None and self.tracers.known.get(tid, 0) == 0:
+                # Traced already when first allocated for: the connector told nobody.
+                self.tracers.check()
 
     async def run(self, command: Command) -> Any:
         """`apply`, then wait for the commit."""

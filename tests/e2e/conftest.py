@@ -7,6 +7,7 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -213,3 +214,108 @@ def first(
         if time.monotonic() > deadline:
             break
     raise AssertionError(f"no matching event within {within} s")
+
+
+# A C program for debuggers: prints its pid and the address of `counter`, then for each line on
+# stdin: "w" increments `counter` and answers "wrote"; "x" executes itself again (a debugger's
+# breakpoint slots on the thread go with the old image). Built without PIE, so `counter` keeps its
+# address across the exec.
+C_TARGET = r"""
+#include <stdio.h>
+#include <unistd.h>
+volatile long counter;
+int main(int argc, char **argv) {
+    char line[64];
+    printf("%d %p\n", getpid(), (void *)&counter);
+    fflush(stdout);
+    while (fgets(line, sizeof line, stdin)) {
+        if (line[0] == 'w') {
+            counter++;
+            printf("wrote\n");
+            fflush(stdout);
+        }
+        if (line[0] == 'x') {
+            execv("/proc/self/exe", argv);
+        }
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def c_program(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The C target, compiled at test time (skips without gcc)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed: apt-get install gcc")
+    where = tmp_path_factory.mktemp("c-target")
+    source = where / "target.c"
+    source.write_text(C_TARGET)
+    binary = where / "target"
+    subprocess.run(
+        [gcc, "-g", "-O0", "-no-pie", "-o", str(binary), str(source)], check=True, timeout=60
+    )
+    return str(binary)
+
+
+class CTarget(Target):
+    """The C target, running: `poke` writes `counter`, `exec` runs it anew in the same task."""
+
+    def __init__(self, program: str) -> None:
+        self.proc = subprocess.Popen(
+            [program], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        pid, address = self.proc.stdout.readline().split()
+        self.tid, self.address = int(pid), int(address, 16)
+
+    def poke(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("w\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "wrote"
+
+    def exec(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("x\n")
+        self.proc.stdin.flush()
+        pid, address = self.proc.stdout.readline().split()
+        assert (int(pid), int(address, 16)) == (self.tid, self.address)
+
+
+@pytest.fixture
+def c_target(c_program: str) -> Iterator[CTarget]:
+    t = CTarget(c_program)
+    yield t
+    t.end()
+
+
+@pytest.fixture(scope="session")
+def gdb_path() -> str:
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb is not installed: apt-get install gdb")
+    return gdb
+
+
+def debug_until_the_write(gdb: list[str], target: CTarget) -> str:
+    """Run `gdb` (a command line ending in `-ex continue`) on the target; once gdb has set its
+    watchpoint (the target is stopped under it), ask the target to write `counter`, which it does
+    when gdb continues; gdb's whole output once it exits."""
+    proc = subprocess.Popen(gdb, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    out: list[str] = []
+    asked = False
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("Hardware watchpoint") and not asked:
+            asked = True
+            assert target.proc.stdin is not None
+            target.proc.stdin.write("w\n")
+            target.proc.stdin.flush()
+    proc.wait(timeout=60)
+    assert target.proc.stdout is not None
+    if "New value" in "".join(out):
+        assert target.proc.stdout.readline().strip() == "wrote"  # it ran on after the detach
+    return "".join(out)

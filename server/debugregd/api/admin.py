@@ -28,6 +28,9 @@ def host_info(d: Daemon) -> dict[str, Any]:
         "version": __version__,
         "probe": d.rt.probe,
         "outside": arb.outside_records(),
+        "reserve_for_ptrace": arb.reserved_for_ptrace,
+        "yield_to_tracers": d.rt.tracers is not None,
+        "traced": [{"tid": tid, "tracer": tracer} for tid, tracer in sorted(arb.traced.items())],
     }
 
 

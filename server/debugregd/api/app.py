@@ -75,6 +75,7 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
 def open_backend(settings: Settings) -> Backend:
     """The hardware backend, its machine checked against the settings (StartupError says what
     to change when they contradict each other)."""
+    check_debugger_settings(settings)
     try:
         profile = make_profile(settings.profile, settings.pools or None)
         backend = make_backend(
@@ -84,6 +85,21 @@ def open_backend(settings: Settings) -> Backend:
     except ProbeError as exc:
         raise StartupError(str(exc)) from None
     return backend
+
+
+def check_debugger_settings(settings: Settings) -> None:
+    """StartupError unless --reserve-for-ptrace and --yield-to-tracers fit the host."""
+    smallest = min(make_profile(settings.profile, settings.pools or None).pools.values())
+    if not 0 <= settings.reserve_for_ptrace < smallest:
+        raise StartupError(
+            f"--reserve-for-ptrace {settings.reserve_for_ptrace} must be from 0 to "
+            f"{smallest - 1}: this host's pools have {smallest} registers per CPU"
+        )
+    if settings.yield_to_tracers and settings.backend != "perf":
+        raise StartupError(
+            "--yield-to-tracers watches the host's real tasks for debuggers: use it with "
+            "--backend perf"
+        )
 
 
 def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
@@ -133,6 +149,8 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         metrics=metrics,
         outside_interval=settings.outside_interval_s,
         outside_scan=settings.outside_scan_s,
+        reserve_for_ptrace=settings.reserve_for_ptrace,
+        yield_to_tracers=settings.yield_to_tracers,
     )
     metrics.watch(lambda: runtime.arbiter, lambda: runtime.hub, lambda: runtime.stats)
     return runtime

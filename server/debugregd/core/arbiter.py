@@ -145,6 +145,10 @@ class Arbiter:
         self.outside: dict[tuple[str, str, int], OutsideHolder] = {}
         # The hardware: asked to arm what is installed (set by the daemon; none in tests).
         self.kernel: Kernel = Unarmed()
+        # For debuggers that do not ask (DESIGN section 12): registers per CPU that requests
+        # below ptrace must leave free, and the tasks a tracer is attached to, by who traces.
+        self.reserved_for_ptrace = 0
+        self.traced: dict[int, str] = {}
         self.event_id = 0
         self.generation = 0
         self._seq = 0  # arrival and install order
@@ -263,8 +267,8 @@ class Arbiter:
         key = share_key(budget.name, tid, cpus, chunks, request.access, request.arm)
         plan = eviction.FIT
         wp = self._shared.get(key)
-        if wp is None and not budget.fits(tid, cpus, len(chunks)):
-            plan = self._plan(budget, tid, cpus, len(chunks), request.priority)
+        if wp is None:
+            plan = self._plan_for(budget, tid, cpus, len(chunks), request.priority)
         if not plan.fits and not request.wait:
             raise Refused(self._refusal_detail(request, plan.blockers), self._name(plan.blockers))
         if plan.fits and wp is None:
@@ -589,6 +593,51 @@ class Arbiter:
             self._apply_measurement(m, now)
         return self._end(now)
 
+    # ------------------------------------------------------------------ debuggers that do not ask
+
+    def configure(self, now: float, *, reserved_for_ptrace: int) -> list[Event]:
+        """Keep `reserved_for_ptrace` registers per CPU out of reach of requests below ptrace,
+        so a debugger that does not ask (ptrace) always finds that many. Holders already above
+        the line stay; fewer kept back serves waiters."""
+        smallest = min(b.slots for b in self.budgets.values())
+        if not 0 <= reserved_for_ptrace < smallest:
+            raise InvalidRequest(
+                f"reserve_for_ptrace must be from 0 to {smallest - 1} (this host's pools have "
+                f"{smallest} registers), got {reserved_for_ptrace}"
+            )
+        self._begin()
+        if reserved_for_ptrace < self.reserved_for_ptrace:
+            self._freed.update(self.budgets)
+        self.reserved_for_ptrace = reserved_for_ptrace
+        return self._end(now)
+
+    def trace(self, tid: int, tracer: str, now: float) -> list[Event]:
+        """A debugger (`tracer`, e.g. "PID 77 (gdb)") attached to task `tid`: its allocations
+        below ptrace are evicted (on_evict: wait ones wait until it detaches), and requests below
+        ptrace for the task get nothing while it stays."""
+        self._check_tid(tid)
+        self._begin()
+        self.traced[tid] = tracer
+        reason = f"task {tid} is being debugged by {tracer}"
+        for alloc in [
+            a
+            for a in self.allocations.values()
+            if a.state is INSTALLED
+            and a.scope.kind is KIND_TASK
+            and a.scope.tid == tid
+            and a.priority < Priority.PTRACE
+        ]:
+            self._evict_one(alloc, now, reason, admin=False)
+        return self._end(now)
+
+    def untrace(self, tid: int, now: float) -> list[Event]:
+        """The debugger of task `tid` detached: what waited for it may come back."""
+        if self.traced.pop(tid, None) is None:
+            return []
+        self._begin()
+        self._freed.update(self.budgets)
+        return self._end(now)
+
     def _outside_counts(
         self, budget: PoolBudget, measured: Measurement
     ) -> list[tuple[OutsideTarget, int, int]]:
@@ -696,6 +745,7 @@ class Arbiter:
             if (budget.name, "task", tid) in self.outside:
                 self._set_outside(budget, ("task", tid), 0, 0, now)
         self.raw.pop(tid, None)
+        self.traced.pop(tid, None)
 
     # ------------------------------------------------------------------ views
 
@@ -808,6 +858,8 @@ class Arbiter:
             ],
             "raw": [r.to_dict() for r in self.raw.values()],
             "recheck": sorted(self._recheck),
+            "reserved_for_ptrace": self.reserved_for_ptrace,
+            "traced": {str(tid): tracer for tid, tracer in self.traced.items()},
             "outside": [
                 {
                     "budget": budget,
@@ -890,6 +942,8 @@ class Arbiter:
             budget.add(wp)
             registers.assign(budget, wp, lambda _wp: None)
         arb._recheck = set(data.get("recheck", ()))
+        arb.reserved_for_ptrace = data.get("reserved_for_ptrace", 0)
+        arb.traced = {int(tid): tracer for tid, tracer in data.get("traced", {}).items()}
         for r in data["raw"]:
             arb.raw[r["tid"]] = RawTask(
                 r["tid"],
@@ -971,14 +1025,34 @@ class Arbiter:
 
     # ------------------------------------------------------------------ internals: planning
 
+    @staticmethod
     def _plan(
-        self, budget: PoolBudget, tid: int | None, cpus: tuple[int, ...], weight: int, priority: int
+        budget: PoolBudget, tid: int | None, cpus: tuple[int, ...], weight: int, priority: int
     ) -> eviction.Plan:
         if budget.fits(tid, cpus, weight):
             return eviction.FIT
         if tid is None:
             return eviction.plan_cpu(budget, cpus, weight, priority)
         return eviction.plan_task(budget, tid, cpus, weight, priority)
+
+    def _plan_for(
+        self, budget: PoolBudget, tid: int | None, cpus: tuple[int, ...], weight: int, priority: int
+    ) -> eviction.Plan:
+        """What admitting `weight` registers at `priority` takes, with the host's rules for
+        debuggers that do not ask: below ptrace, a task a debugger traces gets nothing, and
+        `reserved_for_ptrace` registers per CPU stay free (asked for as extra weight: the
+        request must leave them)."""
+        if priority >= Priority.PTRACE:
+            return self._plan(budget, tid, cpus, weight, priority)
+        if tid is not None and tid in self.traced:
+            return eviction.Plan(False, blockers=[self._tracer(budget, tid)])
+        return self._plan(budget, tid, cpus, weight + self.reserved_for_ptrace, priority)
+
+    def _tracer(self, budget: PoolBudget, tid: int) -> Watchpoint:
+        """A stand-in holder that names the debugger tracing `tid` in refusals."""
+        target = ("tracer", tid)
+        key = ("tracer", tid, self.traced[tid])
+        return Watchpoint(key, budget.name, tid, self.all_cpus, 0, False, 0, outside=target)
 
     def _name(self, blockers: Iterable[Watchpoint]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -1288,7 +1362,7 @@ class Arbiter:
                     seen = refused.get(shape)
                     if seen and any(w <= weight and p >= priority for w, p in seen):
                         continue
-                    plan = self._plan(budget, tid, cpus, weight, priority)
+                    plan = self._plan_for(budget, tid, cpus, weight, priority)
                     if not plan.fits:
                         refused.setdefault(shape, []).append((weight, priority))
                         continue
@@ -1387,7 +1461,7 @@ def _reservation(wp: Watchpoint) -> bool:
 
 def _target_of(target: OutsideTarget) -> dict[str, Any]:
     kind, n = target
-    return {"kind": kind, "tid": n} if kind == "task" else {"kind": kind, "cpu": n}
+    return {"kind": kind, "tid": n} if kind in ("task", "tracer") else {"kind": kind, "cpu": n}
 
 
 def _target(wp: Watchpoint) -> dict[str, Any]:
@@ -1399,6 +1473,8 @@ def _outside_phrase(wp: Watchpoint) -> str:
     """How a refusal names an outside holder: "outside debugregd: 2 registers on CPU 1"."""
     assert wp.outside is not None
     kind, n = wp.outside
+    if kind == "tracer":
+        return f"task {n} is being debugged by {wp.key[2]}"
     where = {"cpu": f"on CPU {n}", "task": f"on task {n}"}.get(kind, f"on another task on CPU {n}")
     plural = "register" if wp.weight == 1 else "registers"
     return f"outside debugregd: {wp.weight} {plural} {where}"
