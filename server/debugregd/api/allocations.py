@@ -45,6 +45,7 @@ def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
         "on_evict": body.on_evict,
         "wait": body.wait,
         "label": body.label,
+        "arm": body.arm,
     }
 
 
