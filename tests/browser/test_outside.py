@@ -1,6 +1,7 @@
-"""The dashboard shows who else holds the debug registers (issue 14), in Debian's chromium against
-a sim daemon: users outside debugregd in their own hatched cells, counted per CPU, listed, named as
-blockers and in the feed, gone when the daemon measures them gone.
+"""The dashboard shows who else holds the debug registers (issues 14 and 15), in Debian's chromium
+against a sim daemon: users outside debugregd in their own hatched cells, counted per CPU, listed,
+named as blockers and in the feed, gone when the daemon measures them gone; and a reservation (an
+allocation with `"arm": false`) drawn and described apart from an armed allocation.
 
 The daemon's timers are off (`--outside-scan 0`, a long `--outside-interval`): every measurement
 is the test's `POST /v1/outside/measure`, so what the page shows follows from what the test did.
@@ -21,6 +22,7 @@ from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.browser
 NO_TIMERS = ("--outside-scan", "0", "--outside-interval", "3600")
+RESERVATION = "reservation (armed by its debugger)"
 
 
 def admin_call(daemon: Daemon, method: str, path: str, **body: Any) -> dict[str, Any]:
@@ -179,3 +181,73 @@ def test_outside_holders_get_their_own_cells_and_leave_when_measured_gone(
     expect(page.get_by_test_id("task-7")).not_to_contain_text("outside debugregd")
     grid_matches_the_state(page, daemon)
     page.screenshot(path=str(artifacts / "outside-gone.png"))
+
+
+def test_a_reservation_is_drawn_and_described_apart_from_an_armed_allocation(
+    page: Page, daemon: Daemon, artifacts: Path
+) -> None:
+    sign_in_by_link(page, daemon)
+    # A debugger's session: the ptrace grant needs the admin key.
+    with daemon.admin() as admin:
+        response = admin.post(
+            "/v1/sessions", json={"name": "gdb", "ttl_s": 600, "max_priority": "ptrace"}
+        )
+    assert response.status_code == 201, response.text
+    gdb = response.json()
+    assert gdb["max_priority"] == 700
+    watch = {"length": 8, "access": "write", "priority": "ptrace"}
+    armed = allocate(
+        daemon,
+        gdb,
+        scope={"kind": "task", "tid": 4242},
+        address="0x7ffd1000",
+        label="armed-watch",
+        **watch,
+    )
+    reserved = allocate(
+        daemon,
+        gdb,
+        scope={"kind": "task", "tid": 4343},
+        address="0x7ffd2000",
+        label="gdb-watch",
+        arm=False,
+        **watch,
+    )
+    assert armed["arm"] is True and reserved["arm"] is False
+    # Different tasks: both hold DR0 on every CPU, side by side in the same cells.
+    assert [r["index"] for r in reserved["registers"]] == [0, 0]
+    for register in reserved["registers"]:
+        td = cell(page, register)
+        expect(td).to_have_attribute("data-reservation", "true")
+        chip = td.locator(f'[data-testid="chip"][data-allocation="{reserved["id"]}"]')
+        expect(chip).to_have_class(re.compile(r"\breservation\b"))
+        expect(chip).to_contain_text("RSV")
+        expect(chip).to_have_attribute("title", re.compile(re.escape(RESERVATION)))
+        other = td.locator(f'[data-testid="chip"][data-allocation="{armed["id"]}"]')
+        expect(other).not_to_have_class(re.compile(r"\breservation\b"))
+        expect(other).not_to_contain_text("RSV")
+
+    # Alone in its cells it says so in full.
+    admin_call(daemon, "DELETE", f"/v1/allocations/{armed['id']}")
+    td = cell(page, reserved["registers"][0])
+    expect(td).to_have_attribute("data-allocations", reserved["id"])
+    expect(td.get_by_test_id("chip")).to_contain_text(RESERVATION)
+
+    feed = page.get_by_test_id("feed")
+    installed = feed.locator('[data-type="installed"]')
+    expect(installed.filter(has_text=reserved["id"])).to_contain_text(RESERVATION)
+    expect(installed.filter(has_text=armed["id"])).not_to_contain_text("reservation")
+    expect(page.get_by_test_id("task-4343")).to_contain_text("reservation")
+    page.screenshot(path=str(artifacts / "reservation.png"))
+
+    td.get_by_test_id("chip").click()
+    details = page.get_by_test_id("details")
+    expect(details.get_by_test_id("details-reservation")).to_contain_text(RESERVATION)
+    arming = details.locator("dt", has_text="armed").locator("xpath=following-sibling::dd[1]")
+    expect(arming).to_have_text(RESERVATION)
+    page.screenshot(path=str(artifacts / "reservation-details.png"))
+    # The armed one's last record (from the feed) says who armed it.
+    page.get_by_test_id("details-close").click()
+    feed.locator(f'[data-type="installed"][data-allocation="{armed["id"]}"]').click()
+    expect(details).to_contain_text(armed["id"])
+    expect(arming).to_have_text("by debugregd")

@@ -468,6 +468,8 @@ function blockerName(b) {
   return b.allocation ?? b.label ?? (b.outside ? "outside debugregd" : "?");
 }
 
+const RESERVATION = "reservation (armed by its debugger)";
+
 /** Where an outside holder is, for the feed and the details: "CPU 1", "task 7" (with the pool
  * when the host has more than one). */
 function outsideWhere(pool, target) {
@@ -496,11 +498,15 @@ function summarize(ev) {
   switch (ev.type) {
     case "installed":
     case "reinstalled":
-      return `${who} ${fmtScope(a?.scope)} ${a ? fmtRange(a) : ""} → ${regs(a?.registers)}`;
+      return `${who} ${fmtScope(a?.scope)} ${a ? fmtRange(a) : ""} → ${regs(a?.registers)}${
+        a?.arm === false ? ` · ${RESERVATION}` : ""
+      }`;
     case "waiting": {
       const all = (ev.blockers ?? []).map(blockerName);
       const b = all.slice(0, 6).join(", ") + (all.length > 6 ? ` and ${all.length - 6} more` : "");
-      return `${who} ${fmtScope(a?.scope)} queued${b ? `; blocked by ${b}` : ""}`;
+      return `${who} ${fmtScope(a?.scope)} queued${a?.arm === false ? ` (${RESERVATION})` : ""}${
+        b ? `; blocked by ${b}` : ""
+      }`;
     }
     case "outside": {
       const measured = ev.measured != null && ev.measured !== ev.registers ? `; the kernel shows ${ev.measured}` : "";
@@ -665,6 +671,7 @@ function buildLegend() {
   $("legend").replaceChildren(
     ...items.map(([c, t]) => h("span", { class: `key p-${c}` }, h("i"), t)),
     h("span", { class: "key ne" }, h("i"), "non-evictable"),
+    h("span", { class: "key reservation-key", title: "counted and evicted like any allocation; the daemon arms nothing" }, h("i"), RESERVATION),
     h("span", { class: "key outside-key", title: "registers held by gdb, perf, bpftrace… that do not ask debugregd" }, h("i"), "outside debugregd"),
     h("span", { class: "key cpu-key" }, h("i"), "CPU-held (top)"),
     h("span", { class: "key task-key" }, h("i"), "task-held (bottom)"),
@@ -675,7 +682,7 @@ function buildLegend() {
 
 function chipTitle(a, holder) {
   return [
-    `${a.id}${a.label ? ` “${a.label}”` : ""}`,
+    `${a.id}${a.label ? ` “${a.label}”` : ""}${a.arm === false ? ` — ${RESERVATION}` : ""}`,
     `${holder}: ${fmtScope(a.scope)}`,
     `session ${model.sessionName(a.session)}${a.session ? ` (${a.session})` : ""}`,
     `${a.access} ${a.length} bytes at ${fmtAddress(a)} (${a.space})`,
@@ -693,6 +700,8 @@ function chip(group, kind, compact) {
   const a = group.reduce((best, x) => (x.priority > best.priority ? x : best), group[0]);
   const pc = priorityClass(a.priority);
   const ne = group.some((x) => !x.evictable);
+  // Only identical requests share a register, so a group is all reservations or none.
+  const reservation = a.arm === false;
   const tag = kind === "cpu" ? "CPU" : `T${a.scope.tid}`;
   const top = h(
     "div",
@@ -700,22 +709,27 @@ function chip(group, kind, compact) {
     h("span", { class: "tag" }, tag),
     h("span", { class: "label", text: a.label || a.id }),
     group.length > 1 ? h("span", { class: "tag shared", title: "holders sharing this register" }, `×${group.length}`) : null,
+    reservation ? h("span", { class: "tag rsv-tag", title: RESERVATION }, "RSV") : null,
     ne ? h("span", { class: "tag ne-tag", title: "non-evictable" }, "NE") : null,
   );
+  // A reservation says so in full where a watchpoint names its holder (who is in the tooltip),
+  // on up to two lines.
   const lines = compact
     ? [h("div", { class: "chip-line mono", text: fmtRange(a) })]
-    : [
-        h("div", {
-          class: "chip-line",
-          text: `${model.sessionName(a.session)} · ${fmtScope(a.scope)} · p${a.priority}`,
-        }),
-        h("div", { class: "chip-line mono", text: fmtRange(a) }),
-      ];
+    : reservation
+      ? [h("div", { class: "chip-line rsv-line", text: `${RESERVATION} · ${fmtRange(a)}` })]
+      : [
+          h("div", {
+            class: "chip-line",
+            text: `${model.sessionName(a.session)} · ${fmtScope(a.scope)} · p${a.priority}`,
+          }),
+          h("div", { class: "chip-line mono", text: fmtRange(a) }),
+        ];
   const holder = kind === "cpu" ? "CPU-held" : "task-held";
   return h(
     "div",
     {
-      class: `chip ${kind} p-${pc}${ne ? " ne" : ""}${group.some((x) => x.id === ui.selected) ? " selected" : ""}`,
+      class: `chip ${kind} p-${pc}${ne ? " ne" : ""}${reservation ? " reservation" : ""}${group.some((x) => x.id === ui.selected) ? " selected" : ""}`,
       "data-allocation": a.id,
       "data-testid": "chip",
       tabindex: "0",
@@ -782,6 +796,7 @@ function renderCell(td, cell, pk, cpu, index, usage) {
   td.dataset.outsideTargets = cell.outside
     .map((o) => `${o.target.kind}:${o.target.kind === "task" ? o.target.tid : o.target.cpu}`)
     .join(" ");
+  td.dataset.reservation = String([...cell.tasks.values()].flat().some((a) => a.arm === false));
   // Which end of the file this index belongs to right now: CPU holders take the top indices,
   // tasks the bottom ones.
   const zone =
@@ -958,7 +973,7 @@ function allocLine(a, extra) {
   return h(
     "li",
     {
-      class: `alloc-line p-${pc}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+      class: `alloc-line p-${pc}${a.evictable ? "" : " ne"}${a.arm === false ? " reservation" : ""}${ui.selected === a.id ? " selected" : ""}`,
       "data-allocation": a.id,
       tabindex: "0",
       role: "button",
@@ -968,6 +983,7 @@ function allocLine(a, extra) {
     h("span", { class: "muted", text: a.id }),
     h("span", { class: "mono", text: fmtRange(a) }),
     h("span", { class: "muted", text: `p${a.priority}` }),
+    a.arm === false ? h("span", { class: "tag rsv-tag", title: RESERVATION }, "reservation") : null,
     a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
     extra,
   );
@@ -1092,7 +1108,7 @@ function renderWaiting(d) {
       return h(
         "li",
         {
-          class: `wait-item p-${priorityClass(a.priority)}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+          class: `wait-item p-${priorityClass(a.priority)}${a.evictable ? "" : " ne"}${a.arm === false ? " reservation" : ""}${ui.selected === a.id ? " selected" : ""}`,
           "data-testid": "waiting-item",
           "data-allocation": a.id,
           tabindex: "0",
@@ -1104,6 +1120,7 @@ function renderWaiting(d) {
           h("span", { class: "swatch" }),
           h("span", { class: "label", text: a.label || a.id }),
           h("span", { class: "muted", text: `${a.id} · p${a.priority} (${priorityClass(a.priority)})` }),
+          a.arm === false ? h("span", { class: "tag rsv-tag", title: RESERVATION }, "reservation") : null,
           a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
         ),
         h(
@@ -1237,6 +1254,7 @@ function renderDetails() {
   const rows = [
     ["id", a.id],
     ["state", a.state],
+    ["armed", a.arm === false ? RESERVATION : "by debugregd"],
     ["label", a.label || "—"],
     ["session", `${model.sessionName(a.session)}${a.session ? ` (${a.session})` : ""}`],
     ["scope", fmtScope(a.scope)],
@@ -1277,7 +1295,8 @@ function renderDetails() {
       h("h2", null, `Allocation ${a.id}`),
       h("button", { type: "button", class: "btn small", "data-testid": "details-close", "aria-label": "close", text: "×", onclick: () => select(null) }),
     ),
-    h("dl", { class: `kv p-${priorityClass(a.priority)}` }, ...rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", { text: String(v) })])),
+    a.arm === false ? h("p", { class: `rsv-note p-${priorityClass(a.priority)}`, "data-testid": "details-reservation" }, `A ${RESERVATION}: the daemon counts it, evicts for it and may evict it like any allocation, but opens nothing for it; its debugger writes the registers through ptrace.`) : null,
+    h("dl", { class: `kv p-${priorityClass(a.priority)}${a.arm === false ? " reservation" : ""}` }, ...rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", { text: String(v) })])),
     h("div", { class: "actions" }, ...actions, h("span", { class: "error", id: "details-error" })),
     h("h3", null, "Recent events"),
     h("ol", { class: "feed mini" }, ...history.map(feedRow)),
