@@ -16,6 +16,7 @@ from tests.api.helpers import (
     KERNEL_ADDRESS,
     Api,
     assert_problem,
+    cpu_request,
     fresh_tid,
     task_request,
 )
@@ -91,6 +92,19 @@ def test_granted_sessions_may_use_their_grants(api: Api) -> None:
     kernel = api.open_session(allow_kernel=True)
     record = kernel.installed(task_request(address=hex(KERNEL_ADDRESS)))
     assert record["space"] == "kernel"
+
+
+def test_a_reservation_arm_false_reaches_the_core_and_every_view(api: Api) -> None:
+    tracer = api.open_session(max_priority="ptrace")
+    tid = fresh_tid()
+    record = tracer.installed(task_request(tid, priority="ptrace", arm=False))
+    assert record["arm"] is False
+    assert api.record(record["id"])["arm"] is False
+    (cpu0,) = api.state()["cpus"][:1]
+    (held,) = cpu0["pools"]["dr"]["tasks"][str(tid)]
+    assert held == {"index": 0, "allocations": [record["id"]], "reservation": True}
+    # The debugger behind a reservation writes a task's registers: never a CPU's.
+    assert_problem(tracer.allocate(cpu_request(0, priority="ptrace", arm=False)), 422)
 
 
 def test_kernel_addresses_are_shown_to_the_admin_and_to_the_owning_kernel_session(

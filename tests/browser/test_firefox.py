@@ -1,17 +1,19 @@
 """The dashboard in Debian's firefox-esr (issue 5: Chromium and Firefox), driven over WebDriver
 BiDi: sign in with the `#key=` link, see an allocation fill its cell, an eviction empty it and
-reach the feed. The Chromium tests cover the rest of the page."""
+reach the feed; users outside debugregd and a reservation drawn in their cells. The Chromium tests
+cover the rest of the page."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.browser.conftest import LAPTOP
 from tests.browser.test_dashboard import allocate, open_session
+from tests.browser.test_outside import NO_TIMERS, RESERVATION, admin_call, measure
 from tests.support.daemon import Daemon
 from tests.support.firefox import Firefox, launch
 
@@ -66,3 +68,39 @@ def test_firefox_signs_in_and_follows_allocation_and_eviction(
     evicted = f"{by_testid('feed')}?.querySelector('[data-type=\"evicted\"]')"
     firefox.wait_for(f"{evicted}?.innerText.includes('{record['id']}')")
     assert "fx-watch" not in firefox.evaluate(f"{cell}.innerText")
+
+
+def test_firefox_draws_outside_holders_and_reservations(
+    firefox: Firefox, make_daemon: Callable[..., Daemon], artifacts: Path
+) -> None:
+    daemon = make_daemon(*NO_TIMERS)
+    firefox.navigate(f"{daemon.url}/#key={daemon.admin_key}")
+    firefox.wait_for(f"{by_testid('status')}?.dataset.state === 'live'")
+    admin_call(daemon, "POST", "/v1/sim/outside", scope={"kind": "cpu", "cpu": 1}, registers=2)
+    measure(daemon)
+    for index in (2, 3):
+        cell = by_testid(f"cell-dr-1-{index}")
+        firefox.wait_for(f"{cell}?.dataset.holder === 'outside'")
+        assert "outside debugregd" in firefox.evaluate(f"{cell}.innerText")
+
+    with daemon.admin() as admin:
+        response = admin.post(
+            "/v1/sessions", json={"name": "gdb", "ttl_s": 600, "max_priority": "ptrace"}
+        )
+    assert response.status_code == 201, response.text
+    reserved = allocate(
+        daemon,
+        response.json(),
+        scope={"kind": "task", "tid": 4343},
+        address="0x7ffd2000",
+        length=8,
+        access="write",
+        priority="ptrace",
+        arm=False,
+        label="gdb-watch",
+    )
+    assert reserved["arm"] is False
+    cell = by_testid("cell-dr-0-0")
+    firefox.wait_for(f"{cell}?.dataset.reservation === 'true'")
+    assert RESERVATION in firefox.evaluate(f"{cell}.innerText")
+    firefox.screenshot(artifacts / "firefox-outside-and-reservation.png")

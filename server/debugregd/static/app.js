@@ -15,6 +15,9 @@ import {
   fmtScope,
   indexName,
   Model,
+  outsideAmount,
+  outsideKey,
+  outsidePhrase,
   priorityClass,
 } from "./model.js";
 
@@ -122,7 +125,7 @@ const rates = new RateSeries(["allocations_total", "evictions_total", "refusals_
 
 const ui = {
   signedIn: false,
-  selected: null, // allocation id shown in the details drawer
+  selected: null, // allocation id, or "outside:" and an outside holder's key, shown in the drawer
   feed: [], // {key, ev, text, search, local}
   feedSeq: 0,
   lastFeedId: 0, // highest server event id put in the feed
@@ -132,7 +135,7 @@ const ui = {
   renderQueued: false,
   renderedAt: -Infinity,
   evictArmed: null,
-  blockers: new Map(), // allocation id -> ids blocking it, from its latest `waiting` event
+  blockers: new Map(), // allocation id -> who blocks it (ids, outside holders' labels), when queued
   drawnVersion: -1, // model version the lists show
   listsDirty: false, // a list's look changed without the model changing (selection, filter)
   listsAt: -Infinity,
@@ -188,6 +191,7 @@ function showSignIn(message = "") {
   $("feed").replaceChildren();
   $("details").hidden = true;
   $("pools").replaceChildren();
+  $("outside").replaceChildren();
   $("dashboard").hidden = true;
   $("signin").hidden = false;
   $("signout").hidden = true;
@@ -356,7 +360,7 @@ function openStream(gen, since) {
 function onServerEvent(ev) {
   addToFeed(ev);
   if (ev.type === "waiting" && ev.allocation) {
-    ui.blockers.set(ev.allocation.id, (ev.blockers ?? []).map((b) => b.allocation));
+    ui.blockers.set(ev.allocation.id, (ev.blockers ?? []).map(blockerName));
     if (ui.blockers.size > 5000) ui.blockers.delete(ui.blockers.keys().next().value);
   }
   if (ev.type === "reset") {
@@ -458,6 +462,24 @@ window.addEventListener("resize", () => drawCharts());
 
 // ---------------------------------------------------------------- feed
 
+/** A blocker as a refusal or `waiting` event names it: an allocation id, or for users outside
+ * debugregd (no allocation) the daemon's label, "outside debugregd: 2 registers on CPU 1". */
+function blockerName(b) {
+  return b.allocation ?? b.label ?? (b.outside ? "outside debugregd" : "?");
+}
+
+const RESERVATION = "reservation (armed by its debugger)";
+
+/** Where an outside holder is, for the feed and the details: "CPU 1", "task 7" (with the pool
+ * when the host has more than one). */
+function outsideWhere(pool, target) {
+  const where =
+    target.kind === "cpu" ? `CPU ${target.cpu}` : target.kind === "task" ? `task ${target.tid}` : `another task on CPU ${target.cpu}`;
+  return model.poolKeys().length > 1 ? `${where} (${pool})` : where;
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 function summarize(ev) {
   const a = ev.allocation;
   const who = a
@@ -476,11 +498,19 @@ function summarize(ev) {
   switch (ev.type) {
     case "installed":
     case "reinstalled":
-      return `${who} ${fmtScope(a?.scope)} ${a ? fmtRange(a) : ""} → ${regs(a?.registers)}`;
+      return `${who} ${fmtScope(a?.scope)} ${a ? fmtRange(a) : ""} → ${regs(a?.registers)}${
+        a?.arm === false ? ` · ${RESERVATION}` : ""
+      }`;
     case "waiting": {
-      const all = (ev.blockers ?? []).map((x) => x.allocation);
+      const all = (ev.blockers ?? []).map(blockerName);
       const b = all.slice(0, 6).join(", ") + (all.length > 6 ? ` and ${all.length - 6} more` : "");
-      return `${who} ${fmtScope(a?.scope)} queued${b ? `; blocked by ${b}` : ""}`;
+      return `${who} ${fmtScope(a?.scope)} queued${a?.arm === false ? ` (${RESERVATION})` : ""}${
+        b ? `; blocked by ${b}` : ""
+      }`;
+    }
+    case "outside": {
+      const measured = ev.measured != null && ev.measured !== ev.registers ? `; the kernel shows ${ev.measured}` : "";
+      return `outside debugregd: ${outsideWhere(ev.pool, ev.target)} now ${plural(ev.registers, "register")} (was ${ev.previous ?? "?"})${measured}`;
     }
     case "evicted":
       return `${who} ${fmtScope(a?.scope)} — ${ev.reason ?? a?.reason ?? "evicted"}${
@@ -553,12 +583,13 @@ function feedRow(item) {
       "data-type": ev.type,
       "data-event-id": ev.id ?? "",
       "data-allocation": ev.allocation?.id ?? "",
+      "data-outside": ev.type === "outside" && ev.target ? outsideKey(ev.pool, ev.target) : null,
     },
     h("time", { text: fmtClock(ev.at ?? Date.now() / 1000) }),
     h("span", { class: "etype", text: ev.type.replace("session_", "session ") }),
     h("span", { class: "etext", text: item.text }),
   );
-  if (ev.allocation) li.classList.add("clickable");
+  if (ev.allocation || ev.type === "outside") li.classList.add("clickable");
   return li;
 }
 
@@ -640,6 +671,8 @@ function buildLegend() {
   $("legend").replaceChildren(
     ...items.map(([c, t]) => h("span", { class: `key p-${c}` }, h("i"), t)),
     h("span", { class: "key ne" }, h("i"), "non-evictable"),
+    h("span", { class: "key reservation-key", title: "counted and evicted like any allocation; the daemon arms nothing" }, h("i"), RESERVATION),
+    h("span", { class: "key outside-key", title: "registers held by gdb, perf, bpftrace… that do not ask debugregd" }, h("i"), "outside debugregd"),
     h("span", { class: "key cpu-key" }, h("i"), "CPU-held (top)"),
     h("span", { class: "key task-key" }, h("i"), "task-held (bottom)"),
   );
@@ -649,7 +682,7 @@ function buildLegend() {
 
 function chipTitle(a, holder) {
   return [
-    `${a.id}${a.label ? ` “${a.label}”` : ""}`,
+    `${a.id}${a.label ? ` “${a.label}”` : ""}${a.arm === false ? ` — ${RESERVATION}` : ""}`,
     `${holder}: ${fmtScope(a.scope)}`,
     `session ${model.sessionName(a.session)}${a.session ? ` (${a.session})` : ""}`,
     `${a.access} ${a.length} bytes at ${fmtAddress(a)} (${a.space})`,
@@ -667,6 +700,8 @@ function chip(group, kind, compact) {
   const a = group.reduce((best, x) => (x.priority > best.priority ? x : best), group[0]);
   const pc = priorityClass(a.priority);
   const ne = group.some((x) => !x.evictable);
+  // Only identical requests share a register, so a group is all reservations or none.
+  const reservation = a.arm === false;
   const tag = kind === "cpu" ? "CPU" : `T${a.scope.tid}`;
   const top = h(
     "div",
@@ -674,22 +709,27 @@ function chip(group, kind, compact) {
     h("span", { class: "tag" }, tag),
     h("span", { class: "label", text: a.label || a.id }),
     group.length > 1 ? h("span", { class: "tag shared", title: "holders sharing this register" }, `×${group.length}`) : null,
+    reservation ? h("span", { class: "tag rsv-tag", title: RESERVATION }, "RSV") : null,
     ne ? h("span", { class: "tag ne-tag", title: "non-evictable" }, "NE") : null,
   );
+  // A reservation says so in full where a watchpoint names its holder (who is in the tooltip),
+  // on up to two lines.
   const lines = compact
     ? [h("div", { class: "chip-line mono", text: fmtRange(a) })]
-    : [
-        h("div", {
-          class: "chip-line",
-          text: `${model.sessionName(a.session)} · ${fmtScope(a.scope)} · p${a.priority}`,
-        }),
-        h("div", { class: "chip-line mono", text: fmtRange(a) }),
-      ];
+    : reservation
+      ? [h("div", { class: "chip-line rsv-line", text: `${RESERVATION} · ${fmtRange(a)}` })]
+      : [
+          h("div", {
+            class: "chip-line",
+            text: `${model.sessionName(a.session)} · ${fmtScope(a.scope)} · p${a.priority}`,
+          }),
+          h("div", { class: "chip-line mono", text: fmtRange(a) }),
+        ];
   const holder = kind === "cpu" ? "CPU-held" : "task-held";
   return h(
     "div",
     {
-      class: `chip ${kind} p-${pc}${ne ? " ne" : ""}${group.some((x) => x.id === ui.selected) ? " selected" : ""}`,
+      class: `chip ${kind} p-${pc}${ne ? " ne" : ""}${reservation ? " reservation" : ""}${group.some((x) => x.id === ui.selected) ? " selected" : ""}`,
       "data-allocation": a.id,
       "data-testid": "chip",
       tabindex: "0",
@@ -701,8 +741,37 @@ function chip(group, kind, compact) {
   );
 }
 
+/** Registers held by users outside debugregd: not an allocation, so no priority colour. */
+function outsideChip(rec, compact) {
+  const t = rec.target;
+  const key = outsideKey(rec.pool, t);
+  const tag = t.kind === "cpu" ? "CPU" : t.kind === "task" ? `T${t.tid}` : "T?";
+  const title = [
+    outsidePhrase(rec),
+    rec.measured !== rec.registers ? `the kernel shows ${rec.measured}; the register files count ${rec.registers}` : null,
+    `measured since ${fmtClock(rec.since)}; re-measured by the daemon until they leave`,
+    "held without asking debugregd (gdb, perf, bpftrace…): never evicted, above every priority",
+  ]
+    .filter(Boolean)
+    .join("\n");
+  return h(
+    "div",
+    {
+      class: `chip outside ${t.kind === "cpu" ? "cpu" : "task"}${ui.selected === `outside:${key}` ? " selected" : ""}`,
+      "data-testid": "outside-chip",
+      "data-outside": key,
+      tabindex: "0",
+      role: "button",
+      title,
+    },
+    h("div", { class: "chip-top" }, h("span", { class: "tag" }, tag), h("span", { class: "label", text: "outside debugregd" })),
+    compact ? null : h("div", { class: "chip-line", text: outsideAmount(rec) }),
+  );
+}
+
 function cellSignature(cell) {
   const parts = [];
+  for (const o of cell.outside) parts.push(`o${outsideKey(o.pool, o.target)}:${o.registers}:${o.measured}`);
   for (const a of cell.cpu) parts.push(`c${a.id}:${a.generation}:${a.updated_at}:${a.session}`);
   for (const [tid, list] of cell.tasks) {
     for (const a of list) parts.push(`t${tid}:${a.id}:${a.generation}:${a.updated_at}:${a.session}`);
@@ -715,28 +784,46 @@ function renderCell(td, cell, pk, cpu, index, usage) {
   if (td.dataset.sig === sig) return;
   td.dataset.sig = sig;
   const ids = [...cell.cpu.map((a) => a.id), ...[...cell.tasks.values()].flat().map((a) => a.id)];
+  const outCpu = cell.outside.filter((o) => o.target.kind === "cpu");
+  const outTask = cell.outside.filter((o) => o.target.kind !== "cpu");
   const hasCpu = cell.cpu.length > 0;
   const hasTask = cell.tasks.size > 0;
-  td.dataset.holder = hasCpu && hasTask ? "both" : hasCpu ? "cpu" : hasTask ? "task" : "";
+  // data-holder says which of the daemon's own allocations hold the register; "outside" when
+  // only users outside debugregd do, named in data-outside-targets ("cpu:1", "task:7", "others:0").
+  td.dataset.holder =
+    hasCpu && hasTask ? "both" : hasCpu ? "cpu" : hasTask ? "task" : cell.outside.length ? "outside" : "";
   td.dataset.allocations = ids.join(" ");
+  td.dataset.outsideTargets = cell.outside
+    .map((o) => `${o.target.kind}:${o.target.kind === "task" ? o.target.tid : o.target.cpu}`)
+    .join(" ");
+  td.dataset.reservation = String([...cell.tasks.values()].flat().some((a) => a.arm === false));
   // Which end of the file this index belongs to right now: CPU holders take the top indices,
   // tasks the bottom ones.
   const zone =
-    hasCpu ? "cpu-zone" : index < usage.maxTask ? "task-zone" : index >= pk.slots - usage.cpuHeld ? "cpu-zone" : "free";
+    hasCpu || outCpu.length
+      ? "cpu-zone"
+      : index < usage.maxTask
+        ? "task-zone"
+        : index >= pk.slots - usage.cpuHeld
+          ? "cpu-zone"
+          : "free";
   td.className = `cell ${zone}`;
   const kids = [];
-  if (hasCpu) kids.push(chip(cell.cpu, "cpu", hasTask));
-  if (hasTask) {
+  const anyCpu = hasCpu || outCpu.length > 0;
+  const anyTask = hasTask || outTask.length > 0;
+  if (hasCpu) kids.push(chip(cell.cpu, "cpu", anyTask));
+  for (const o of outCpu) kids.push(outsideChip(o, anyTask || hasCpu));
+  if (anyTask) {
     const entries = [...cell.tasks.entries()];
-    const compact = entries.length > 1 || hasCpu;
-    for (const [, list] of entries.slice(0, CELL_TASKS_SHOWN)) kids.push(chip(list, "task", compact));
-    if (entries.length > CELL_TASKS_SHOWN) {
-      kids.push(
-        h("div", {
-          class: "more",
-          text: `+${entries.length - CELL_TASKS_SHOWN} more task${entries.length - CELL_TASKS_SHOWN > 1 ? "s" : ""}`,
-        }),
-      );
+    const shown = entries.length + outTask.length;
+    const compact = shown > 1 || anyCpu;
+    // Outside holders first: they are the ones nobody can move.
+    for (const o of outTask.slice(0, CELL_TASKS_SHOWN)) kids.push(outsideChip(o, compact));
+    const room = Math.max(0, CELL_TASKS_SHOWN - outTask.length);
+    for (const [, list] of entries.slice(0, room)) kids.push(chip(list, "task", compact));
+    const hidden = shown - Math.min(shown, CELL_TASKS_SHOWN);
+    if (hidden > 0) {
+      kids.push(h("div", { class: "more", text: `+${hidden} more task${hidden > 1 ? "s" : ""}` }));
     }
   }
   if (!kids.length) kids.push(h("span", { class: "free-mark", text: "free" }));
@@ -792,24 +879,77 @@ function renderGrid() {
       const u = p.usage[cpu];
       const head = tr.cells[0];
       const free = p.slots - u.cpuHeld - u.maxTask;
-      const usageSig = `${u.cpuHeld}/${u.maxTask}/${u.tasks}`;
+      const out = u.outside;
+      const usageSig = `${u.cpuHeld}/${u.maxTask}/${u.tasks}/${out.cpu}/${out.others}/${[...out.tasks].join(",")}`;
       if (head.dataset.sig !== usageSig) {
         head.dataset.sig = usageSig;
+        const outParts = [
+          out.cpu ? `${out.cpu} CPU-wide` : null,
+          ...[...out.tasks].map(([tid, n]) => `${n} on task ${tid}`),
+          out.others ? `${out.others} on another task` : null,
+        ].filter(Boolean);
         head.replaceChildren(
           h("div", { class: "cpu-name" }, `cpu ${cpu}`),
           h(
             "div",
-            { class: "usage", title: `CPU-held ${u.cpuHeld}, fullest task ${u.maxTask}, free ${free} (of ${p.slots})` },
+            {
+              class: "usage",
+              title: `CPU-held ${u.cpuHeld}${out.cpu ? ` (${out.cpu} outside debugregd)` : ""}, fullest task ${u.maxTask}, free ${free} (of ${p.slots})`,
+            },
             h("span", { class: "u-task", style: `flex:${u.maxTask}` }),
             h("span", { class: "u-free", style: `flex:${Math.max(0, free)}` }),
-            h("span", { class: "u-cpu", style: `flex:${u.cpuHeld}` }),
+            h("span", { class: "u-cpu", style: `flex:${u.cpuHeld - out.cpu}` }),
+            h("span", { class: "u-out", style: `flex:${out.cpu}` }),
           ),
           h("div", { class: "usage-text muted" }, `T${u.maxTask} C${u.cpuHeld} · ${u.tasks} task${u.tasks === 1 ? "" : "s"}`),
+          ...(out.total
+            ? [
+                h(
+                  "div",
+                  {
+                    class: "outside-badge",
+                    "data-testid": `outside-count-${p.key}-${cpu}`,
+                    title: `outside debugregd on cpu ${cpu}: ${outParts.join(", ")}`,
+                  },
+                  `${out.total} outside`,
+                ),
+              ]
+            : []),
         );
       }
       cells.forEach((cell, i) => renderCell(tr.cells[i + 1], cell, p, cpu, i, u));
     });
   }
+}
+
+/** Every outside holder, under the grid: what the daemon last measured, target by target. */
+function renderOutside(d) {
+  const box = $("outside");
+  $("outside-count").textContent = d.outside.length ? `(${d.outside.length})` : "";
+  const tail = d.outside.length ? [] : [h("li", { class: "empty", text: "none measured" })];
+  reconcile(
+    box,
+    d.outside,
+    (rec) => rec.key,
+    (rec) => `${rec.registers}:${rec.measured}:${rec.since}:${ui.selected === `outside:${rec.key}`}`,
+    (rec) =>
+      h(
+        "li",
+        {
+          class: `outside-item${ui.selected === `outside:${rec.key}` ? " selected" : ""}`,
+          "data-testid": "outside-item",
+          "data-outside": rec.key,
+          tabindex: "0",
+          role: "button",
+        },
+        h("span", { class: "swatch" }),
+        h("span", { class: "label", text: outsidePhrase(rec) }),
+        model.poolKeys().length > 1 ? h("span", { class: "muted", text: rec.pool }) : null,
+        rec.measured !== rec.registers ? h("span", { class: "muted", text: `kernel shows ${rec.measured}` }) : null,
+        h("span", { class: "muted since", text: `since ${fmtClock(rec.since)}` }),
+      ),
+    tail,
+  );
 }
 
 function flashHit(ev) {
@@ -833,7 +973,7 @@ function allocLine(a, extra) {
   return h(
     "li",
     {
-      class: `alloc-line p-${pc}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+      class: `alloc-line p-${pc}${a.evictable ? "" : " ne"}${a.arm === false ? " reservation" : ""}${ui.selected === a.id ? " selected" : ""}`,
       "data-allocation": a.id,
       tabindex: "0",
       role: "button",
@@ -843,6 +983,7 @@ function allocLine(a, extra) {
     h("span", { class: "muted", text: a.id }),
     h("span", { class: "mono", text: fmtRange(a) }),
     h("span", { class: "muted", text: `p${a.priority}` }),
+    a.arm === false ? h("span", { class: "tag rsv-tag", title: RESERVATION }, "reservation") : null,
     a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
     extra,
   );
@@ -896,6 +1037,7 @@ function renderTasks(d) {
     (t) =>
       !q ||
       t.tid.includes(q) ||
+      (t.outside.length > 0 && "outside debugregd".includes(q)) ||
       t.allocs.some((a) =>
         `${a.label} ${a.id} ${a.session} ${model.sessionName(a.session)}`.toLowerCase().includes(q),
       ),
@@ -913,7 +1055,8 @@ function renderTasks(d) {
     $("tasks"),
     shown,
     (t) => t.tid,
-    (t) => `${t.allocs.map(allocSig).join("|")}#${model.sessions.size}`,
+    (t) =>
+      `${t.allocs.map(allocSig).join("|")}#${t.outside.map((o) => `${o.registers}:${o.measured}:${ui.selected === `outside:${o.key}`}`).join("|")}#${model.sessions.size}`,
     (t) =>
       h(
         "div",
@@ -924,7 +1067,24 @@ function renderTasks(d) {
           h("b", null, `tid ${t.tid}`),
           h("span", { class: "muted" }, ` ${t.allocs.length} allocation${t.allocs.length === 1 ? "" : "s"}`),
         ),
-        h("ul", { class: "alloc-list" }, ...t.allocs.map((a) => allocLine(a, h("span", { class: "regs", text: regsText(a) })))),
+        h(
+          "ul",
+          { class: "alloc-list" },
+          ...t.outside.map((o) =>
+            h(
+              "li",
+              {
+                class: `alloc-line outside-line${ui.selected === `outside:${o.key}` ? " selected" : ""}`,
+                "data-outside": o.key,
+                tabindex: "0",
+                role: "button",
+              },
+              h("span", { class: "swatch" }),
+              h("span", { class: "label", text: outsidePhrase(o) }),
+            ),
+          ),
+          ...t.allocs.map((a) => allocLine(a, h("span", { class: "regs", text: regsText(a) }))),
+        ),
       ),
     tail,
   );
@@ -948,7 +1108,7 @@ function renderWaiting(d) {
       return h(
         "li",
         {
-          class: `wait-item p-${priorityClass(a.priority)}${a.evictable ? "" : " ne"}${ui.selected === a.id ? " selected" : ""}`,
+          class: `wait-item p-${priorityClass(a.priority)}${a.evictable ? "" : " ne"}${a.arm === false ? " reservation" : ""}${ui.selected === a.id ? " selected" : ""}`,
           "data-testid": "waiting-item",
           "data-allocation": a.id,
           tabindex: "0",
@@ -960,6 +1120,7 @@ function renderWaiting(d) {
           h("span", { class: "swatch" }),
           h("span", { class: "label", text: a.label || a.id }),
           h("span", { class: "muted", text: `${a.id} · p${a.priority} (${priorityClass(a.priority)})` }),
+          a.arm === false ? h("span", { class: "tag rsv-tag", title: RESERVATION }, "reservation") : null,
           a.evictable ? null : h("span", { class: "tag ne-tag" }, "NE"),
         ),
         h(
@@ -1079,6 +1240,10 @@ function renderDetails() {
     box.hidden = true;
     return;
   }
+  if (id.startsWith("outside:")) {
+    renderOutsideDetails(box, id.slice("outside:".length));
+    return;
+  }
   const a = lastRecord(id);
   box.hidden = false;
   if (!a) {
@@ -1089,6 +1254,7 @@ function renderDetails() {
   const rows = [
     ["id", a.id],
     ["state", a.state],
+    ["armed", a.arm === false ? RESERVATION : "by debugregd"],
     ["label", a.label || "—"],
     ["session", `${model.sessionName(a.session)}${a.session ? ` (${a.session})` : ""}`],
     ["scope", fmtScope(a.scope)],
@@ -1129,9 +1295,57 @@ function renderDetails() {
       h("h2", null, `Allocation ${a.id}`),
       h("button", { type: "button", class: "btn small", "data-testid": "details-close", "aria-label": "close", text: "×", onclick: () => select(null) }),
     ),
-    h("dl", { class: `kv p-${priorityClass(a.priority)}` }, ...rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", { text: String(v) })])),
+    a.arm === false ? h("p", { class: `rsv-note p-${priorityClass(a.priority)}`, "data-testid": "details-reservation" }, `A ${RESERVATION}: the daemon counts it, evicts for it and may evict it like any allocation, but opens nothing for it; its debugger writes the registers through ptrace.`) : null,
+    h("dl", { class: `kv p-${priorityClass(a.priority)}${a.arm === false ? " reservation" : ""}` }, ...rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", { text: String(v) })])),
     h("div", { class: "actions" }, ...actions, h("span", { class: "error", id: "details-error" })),
     h("h3", null, "Recent events"),
+    h("ol", { class: "feed mini" }, ...history.map(feedRow)),
+  );
+}
+
+function renderOutsideDetails(box, key) {
+  box.hidden = false;
+  const rec = model.outside.get(key);
+  const history = ui.feed
+    .filter((it) => it.ev.type === "outside" && it.ev.target && outsideKey(it.ev.pool, it.ev.target) === key)
+    .slice(-20)
+    .reverse();
+  const last = history[0]?.ev;
+  const target = rec?.target ?? last?.target;
+  const pool = rec?.pool ?? last?.pool;
+  const held = [];
+  for (const p of model.derived().pools.values()) {
+    p.rows.forEach((cells, cpu) => {
+      const ix = cells.flatMap((cell, i) => (cell.outside.some((o) => outsideKey(o.pool, o.target) === key) ? [indexName(p.pool, i)] : []));
+      if (ix.length) held.push(`cpu${cpu}:${ix.join("+")}`);
+    });
+  }
+  const rows = target
+    ? [
+        ["holder", rec ? outsidePhrase(rec) : "users outside debugregd, gone"],
+        ["target", outsideWhere(pool, target)],
+        ["pool", pool],
+        ["registers", rec ? `${rec.registers} counted` : "none now"],
+        ["measured", rec ? `${rec.measured} (what the kernel shows)` : "none now: they left"],
+        ["where", held.join(" ") || "—"],
+        ["since", rec ? fmtClock(rec.since) : "—"],
+        ["priority", "above every priority; never evicted"],
+      ]
+    : [["target", key]];
+  box.replaceChildren(
+    h(
+      "div",
+      { class: "panel-head" },
+      h("h2", null, "Outside debugregd"),
+      h("button", { type: "button", class: "btn small", "data-testid": "details-close", "aria-label": "close", text: "×", onclick: () => select(null) }),
+    ),
+    h(
+      "p",
+      { class: "muted small" },
+      "Registers the kernel holds for users that do not ask debugregd. The daemon measures them (on a refusal, on a timer and after every release) and counts them in admission; when they leave, waiters are reinstalled.",
+    ),
+    h("dl", { class: "kv outside" }, ...rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", { text: String(v) })])),
+    h("h3", null, "Recent measurements"),
     h("ol", { class: "feed mini" }, ...history.map(feedRow)),
   );
 }
@@ -1155,19 +1369,21 @@ async function act(id, what) {
   }
 }
 
-// Clicks and keyboard on any allocation (chips, task and waiting lines) open the drawer;
-// hovering one lights up every register it holds.
+// Clicks and keyboard on any allocation (chips, task and waiting lines) or outside holder (its
+// cells, list and feed rows) open the drawer; hovering a chip lights up every register it holds.
+const selection = (el) =>
+  el?.dataset.allocation ? el.dataset.allocation : el?.dataset.outside ? `outside:${el.dataset.outside}` : null;
 document.addEventListener("click", (e) => {
-  const el = e.target.closest?.("[data-allocation]");
-  if (el?.dataset.allocation) select(el.dataset.allocation);
+  const id = selection(e.target.closest?.("[data-allocation], [data-outside]"));
+  if (id) select(id);
 });
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && ui.selected) select(null);
   if (e.key !== "Enter" && e.key !== " ") return;
-  const el = e.target.closest?.("[data-allocation][role=button]");
-  if (el) {
+  const id = selection(e.target.closest?.("[data-allocation][role=button], [data-outside][role=button]"));
+  if (id) {
     e.preventDefault();
-    select(el.dataset.allocation);
+    select(id);
   }
 });
 function hover(id, on) {
@@ -1206,6 +1422,7 @@ function render() {
   const changed = ui.drawnVersion !== model.version || ui.listsDirty;
   if (changed) {
     renderGrid();
+    renderOutside(model.derived());
     if (now - ui.listsAt >= LIST_EVERY_MS) {
       const d = model.derived();
       renderTasks(d);

@@ -1,6 +1,7 @@
 // The dashboard's picture of the daemon: a /v1/state snapshot, kept current by applying events.
-// No DOM here. Everything the page draws is derived from the live allocation records, so a
-// snapshot and the events after it are all that is needed (DESIGN sections 3, 10, 14).
+// No DOM here. Everything the page draws is derived from the live allocation records and the
+// outside holders' counts, so a snapshot and the events after it are all that is needed
+// (DESIGN sections 3, 10, 12, 14).
 
 export const EVENT_TYPES = [
   "installed",
@@ -14,6 +15,7 @@ export const EVENT_TYPES = [
   "session_opened",
   "session_closed",
   "reset",
+  "outside",
 ];
 
 const CLASSES = [
@@ -30,6 +32,25 @@ export function priorityClass(p) {
 }
 
 const LIVE = new Set(["installed", "waiting"]);
+
+/** One outside holder per pool and target: "dr|cpu|1", "dr|task|7", "dr|others|0". */
+export function outsideKey(pool, target) {
+  const n = target.kind === "task" ? target.tid : target.cpu;
+  return `${pool}|${target.kind}|${n}`;
+}
+
+/** What an outside holder holds where: "2 registers on CPU 1". */
+export function outsideAmount(rec) {
+  const t = rec.target;
+  const where =
+    t.kind === "cpu" ? `on CPU ${t.cpu}` : t.kind === "task" ? `on task ${t.tid}` : `on another task on CPU ${t.cpu}`;
+  return `${rec.registers} register${rec.registers === 1 ? "" : "s"} ${where}`;
+}
+
+/** The daemon's own phrase for an outside holder: "outside debugregd: 2 registers on CPU 1". */
+export function outsidePhrase(rec) {
+  return `outside debugregd: ${outsideAmount(rec)}`;
+}
 
 /** Arrival order among equal priorities: the daemon numbers allocations in creation order. */
 function arrival(a) {
@@ -54,6 +75,7 @@ export class Model {
     this.eventId = 0;
     this.sessions = new Map();
     this.allocations = new Map();
+    this.outside = new Map(); // outsideKey -> {pool, target, registers, measured, since}
     this.waitRank = new Map();
     this.loaded = false;
     this.version = (this.version ?? 0) + 1;
@@ -67,6 +89,9 @@ export class Model {
     this.sessions = new Map(snap.sessions.map((s) => [s.id, { ...s }]));
     this.allocations = new Map(
       snap.allocations.filter((a) => LIVE.has(a.state)).map((a) => [a.id, a]),
+    );
+    this.outside = new Map(
+      (snap.outside ?? snap.host?.outside ?? []).map((r) => [outsideKey(r.pool, r.target), { ...r }]),
     );
     // The snapshot's own waiting order is authoritative for the ones it lists.
     this.waitRank = new Map((snap.waiting ?? []).map((id, i) => [id, i]));
@@ -98,7 +123,23 @@ export class Model {
         this.waitRank.delete(a.id);
       }
     }
-    if (ev.type === "session_opened" && ev.session) {
+    if (ev.type === "outside" && ev.target) {
+      // The daemon keeps a record while the kernel shows anything held there (`measured`), even
+      // when the register files could count none of it (`registers`).
+      const key = outsideKey(ev.pool, ev.target);
+      if (ev.measured > 0 || ev.registers > 0) {
+        const known = this.outside.get(key);
+        this.outside.set(key, {
+          pool: ev.pool,
+          target: ev.target,
+          registers: ev.registers,
+          measured: ev.measured ?? ev.registers,
+          since: known?.since ?? ev.at,
+        });
+      } else {
+        this.outside.delete(key);
+      }
+    } else if (ev.type === "session_opened" && ev.session) {
       const known = this.sessions.get(ev.session);
       const ttl = ev.ttl_s ?? known?.ttl_s ?? null;
       this.sessions.set(ev.session, {
@@ -147,7 +188,7 @@ export class Model {
       const rows = [];
       for (let c = 0; c < ncpus; c++) {
         const cells = [];
-        for (let i = 0; i < pk.slots; i++) cells.push({ cpu: [], tasks: new Map() });
+        for (let i = 0; i < pk.slots; i++) cells.push({ cpu: [], tasks: new Map(), outside: [] });
         rows.push(cells);
       }
       pools.set(pk.key, { ...pk, rows });
@@ -178,17 +219,38 @@ export class Model {
         }
       }
     }
-    // Usage per CPU row: CPU-held indices, and the fullest task (Linux's admission counts).
+    const outside = [...this.outside.entries()]
+      .map(([key, rec]) => ({ key, ...rec }))
+      .sort((x, y) => x.since - y.since || (x.key < y.key ? -1 : 1));
+    for (const rec of outside) placeOutside(pools.get(rec.pool), rec);
+    // Usage per CPU row: CPU-held indices, and the fullest task (Linux's admission counts), the
+    // users outside debugregd included, whose share is also counted apart.
     for (const p of pools.values()) {
       p.usage = p.rows.map((cells) => {
         let cpuHeld = 0;
         const perTask = new Map();
+        const out = { cpu: 0, others: 0, tasks: new Map() };
         for (const cell of cells) {
-          if (cell.cpu.length) cpuHeld += 1;
-          for (const tid of cell.tasks.keys()) perTask.set(tid, (perTask.get(tid) ?? 0) + 1);
+          if (cell.cpu.length || cell.outside.some((o) => o.target.kind === "cpu")) cpuHeld += 1;
+          const here = new Set(cell.tasks.keys());
+          for (const o of cell.outside) {
+            if (o.target.kind === "cpu") out.cpu += 1;
+            else if (o.target.kind === "others") {
+              out.others += 1;
+              here.add("others");
+            } else {
+              const tid = String(o.target.tid);
+              out.tasks.set(tid, (out.tasks.get(tid) ?? 0) + 1);
+              here.add(tid);
+            }
+          }
+          for (const tid of here) perTask.set(tid, (perTask.get(tid) ?? 0) + 1);
         }
         const maxTask = Math.max(0, ...perTask.values());
-        return { cpuHeld, maxTask, tasks: perTask.size };
+        let taskOut = 0;
+        for (const n of out.tasks.values()) taskOut += n;
+        out.total = out.cpu + out.others + taskOut;
+        return { cpuHeld, maxTask, tasks: perTask.size, outside: out };
       });
     }
     const rank = this.waitRank;
@@ -196,10 +258,19 @@ export class Model {
       if (rank.has(a.id) && rank.has(b.id)) return rank.get(a.id) - rank.get(b.id);
       return compareWaiting(a, b);
     });
+    const taskOutside = new Map();
+    for (const rec of outside) {
+      if (rec.target.kind !== "task") continue;
+      const tid = String(rec.target.tid);
+      if (!tasks.has(tid)) tasks.set(tid, []);
+      if (!taskOutside.has(tid)) taskOutside.set(tid, []);
+      taskOutside.get(tid).push(rec);
+    }
     const taskList = [...tasks.entries()]
       .map(([tid, allocs]) => ({
         tid,
         allocs: allocs.sort((x, y) => arrival(x)[1] - arrival(y)[1]),
+        outside: taskOutside.get(tid) ?? [],
       }))
       .sort((x, y) => Number(x.tid) - Number(y.tid));
     const perSession = new Map();
@@ -207,8 +278,43 @@ export class Model {
       const s = a.session ?? "";
       perSession.set(s, (perSession.get(s) ?? 0) + 1);
     }
-    this._derived = { pools, tasks: taskList, waiting, perSession };
+    this._derived = { pools, tasks: taskList, waiting, perSession, outside };
     return this._derived;
+  }
+}
+
+/**
+ * Put an outside holder's registers in the cells where the daemon counts them. Its records carry
+ * counts, not indices, but the daemon packs every register file (core/registers.py): CPU holders
+ * from the top index down, each task's holders from DR0 up. So the outside ones are the indices
+ * of that packing that the daemon's own allocations leave: the highest free ones of the CPU, the
+ * lowest the task does not hold, and for "another task" (one debugregd does not manage) DR0 up.
+ */
+function placeOutside(p, rec) {
+  if (!p || !(rec.registers > 0)) return;
+  const t = rec.target;
+  const fill = (cells, order, usable) => {
+    let left = rec.registers;
+    for (const i of order) {
+      if (left === 0) break;
+      if (!usable(cells[i])) continue;
+      cells[i].outside.push(rec);
+      left -= 1;
+    }
+  };
+  const up = [...Array(p.slots).keys()];
+  const down = [...up].reverse();
+  const cpuFree = (cell) => !cell.cpu.length && !cell.outside.some((o) => o.target.kind === "cpu");
+  if (t.kind === "cpu") {
+    const cells = p.rows[t.cpu];
+    if (cells) fill(cells, down, (cell) => cpuFree(cell) && !cell.tasks.size && !cell.outside.length);
+  } else if (t.kind === "others") {
+    const cells = p.rows[t.cpu];
+    if (cells) fill(cells, up, (cell) => cpuFree(cell) && !cell.outside.some((o) => o.target.kind === "others"));
+  } else {
+    const tid = String(t.tid);
+    const mine = (o) => o.target.kind === "task" && String(o.target.tid) === tid;
+    for (const cells of p.rows) fill(cells, up, (cell) => cpuFree(cell) && !cell.tasks.has(tid) && !cell.outside.some(mine));
   }
 }
 
