@@ -91,6 +91,19 @@ def test_a_full_ring_loses_samples_but_never_hits(perf_permitted: None, writers:
     assert len(drained.samples) + totals.lost == A
 
 
+def test_a_task_that_exits_is_seen_even_with_records_left_in_the_ring(
+    perf_permitted: None, writers: Path
+) -> None:
+    with run_writers(writers, A, 0, 0) as w, sampling(w.pid, w.watched) as main:
+        w.go()
+        assert w.proc.stdin is not None
+        w.proc.stdin.close()
+        w.proc.wait()
+        # A budget spent: nothing taken, yet the hangup is noticed (else the fd spins the loop).
+        assert (main.drain(limit=0).samples.data, main.exited) == (b"", True)
+        assert len(main.drain().samples) == A  # what was left is still there to drain
+
+
 async def test_an_event_loop_drains_when_the_kernel_wakes_it(
     perf_permitted: None, writers: Path
 ) -> None:

@@ -207,9 +207,11 @@ class SampleReader:
     """The mapped ring of one sampling breakpoint event, which it owns (closing it closes the fd).
 
     Used from an event loop: `loop.add_reader(reader.fd, callback)` with a callback that calls
-    `drain()`. The kernel wakes the fd once a quarter of the ring is waiting (the watermark given at
-    open) and when the watched task exits; records below the watermark wait for the next drain, so
-    drain on a timer too. Once `exited` is true the fd stays readable for good: remove the reader.
+    `drain()`. The kernel wakes the fd once a quarter of the ring has been written since the last
+    wakeup (the watermark given at open) and when the watched task exits, and not again while the
+    ring is full; so drain on a timer too: records below the watermark, and a ring a limit left
+    full, wait for it. Once `exited` is true the fd stays readable for good: remove the reader
+    (records may remain: drain them, then close).
     """
 
     def __init__(
@@ -258,19 +260,23 @@ class SampleReader:
         head = self._head.value
         tail = self._tail.value  # only this reader stores it
         waiting = head - tail
-        if waiting <= 0:
-            if self._hung_up():
-                self.exited = True
-            return Drained(SampleBatch(), 0, False)
         if waiting > self._size:
             raise RuntimeError(f"perf ring: data_head {head} is past data_tail {tail} + its size")
-        if limit is not None:
-            # Enough for `limit` samples and the odd LOST record among them, not the whole ring.
-            waiting = min(waiting, limit * SAMPLE_SIZE + 4096)
-        samples, lost, consumed = parse_records(self._copy(tail, waiting), limit)
-        self._tail.value = tail + consumed
-        self._lost_records += lost
-        return Drained(samples, lost, tail + consumed != head)
+        drained = Drained(SampleBatch(), 0, waiting > 0)
+        if waiting > 0:
+            if limit is not None:
+                # Enough for `limit` samples and the odd LOST record among them, not the whole ring.
+                waiting = min(waiting, limit * SAMPLE_SIZE + 4096)
+            samples, lost, consumed = parse_records(self._copy(tail, waiting), limit)
+            if consumed:
+                self._tail.value = tail + consumed
+                self._lost_records += lost
+                drained = Drained(samples, lost, tail + consumed != head)
+        # Woken with nothing taken: the task may be gone (a hangup, which stays readable for good,
+        # even with records left in the ring).
+        if drained.samples.data == b"" and not drained.lost and self._hung_up():
+            self.exited = True
+        return drained
 
     def close(self) -> None:
         """Unmap the ring and close the event."""
@@ -296,7 +302,8 @@ class SampleReader:
         return self._mm[start:end] + self._mm[self._offset : self._offset + start + length - end]
 
     def _hung_up(self) -> bool:
-        # Asked only of an empty ring: polling consumes the kernel's pending POLLIN, harmless here.
+        # Asked only when a drain took nothing: polling also consumes the kernel's pending POLLIN,
+        # so a wakeup for records left by a limit is lost, and the caller's timer drains them.
         return any(events & select.POLLHUP for _fd, events in self._poll.poll(0))
 
 
