@@ -4,6 +4,10 @@ the samples lost, and a bounded list of call sites; whatever is left out is coun
 from __future__ import annotations
 
 import json
+from collections import Counter, defaultdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from debugregd.backends.hits import HitAggregator
 from debugregd.backends.ring import Sample, SampleBatch
@@ -131,3 +135,42 @@ def test_a_flood_of_samples_keeps_the_report_and_the_state_bounded() -> None:
     assert report["sampled"] == 2_000
     assert len(report["sites"]) == 8
     assert len(json.dumps(report)) < 8_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([0xA, 0xB, 0xC]), st.sampled_from([1, 2]), st.integers(1, 4)),
+            min_size=1,
+            max_size=30,
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_sites_agree_with_counting_sample_by_sample(
+    batches: list[list[tuple[int, int, int]]],
+) -> None:
+    agg = HitAggregator(0.0, sites=100, budget=10_000, tids=100)
+    counts: Counter[tuple[int, int]] = Counter()
+    tids: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
+    first: dict[tuple[int, int], float] = {}
+    last: dict[tuple[int, int], float] = {}
+    clock = 0
+    for drawn in batches:
+        samples = []
+        for ip, pid, tid in drawn:
+            clock += 1  # a ring's samples are in time order
+            samples.append(Sample(ip, pid, tid, clock * 1_000_000_000, tid % 2, 0))
+            counts[pid, ip] += 1
+            tids[pid, ip].add(tid)
+            first.setdefault((pid, ip), clock)
+            last[pid, ip] = clock
+        agg.add("k", SampleBatch.of(samples))
+    expected = {key: (counts[key], tids[key], first[key], last[key]) for key in counts}
+    got = {
+        (s["pid"], int(s["ip"], 16)): (s["count"], set(s["tids"]), s["first"], s["last"])
+        for s in agg.flush(1.0)["k"]["sites"]
+    }
+    assert got == expected

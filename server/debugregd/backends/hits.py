@@ -151,9 +151,31 @@ class HitAggregator:
         if taken < len(samples):
             samples = samples.head(taken)
         interval.sampled += taken
+        ips, pids = samples.ips(), samples.pids()
+        if ips.count(ips[0]) == taken and pids.count(pids[0]) == taken:
+            self._add_one_site(interval, (pids[0], ips[0]), samples)
+        else:
+            self._add_sites(interval, list(zip(pids, ips, strict=True)), samples)
+
+    @staticmethod
+    def _add_one_site(interval: _Interval, where: tuple[int, int], samples: SampleBatch) -> None:
+        # The usual batch: one instruction of one process writes the watched word. Every step is a
+        # C loop over plain ints (about 80 ns a sample against 500 for the general case).
+        times = samples.times()
+        first, last = min(times), max(times)
+        site = interval.sites.get(where)
+        if site is None:
+            site = interval.sites[where] = _Site(first, last, 0)
+        site.count += len(times)
+        site.first = min(site.first, first)
+        site.last = max(site.last, last)
+        site.tids.update(samples.tids())
+        site.cpus.update(samples.cpus())
+
+    @staticmethod
+    def _add_sites(interval: _Interval, where: list[tuple[int, int]], samples: SampleBatch) -> None:
         # Column at a time, so the per-sample work runs in C (zip, Counter, dict, set); Python
         # loops only over distinct sites and distinct (site, thread) pairs.
-        where = list(zip(samples.pids(), samples.ips(), strict=True))
         times = samples.times()
         last = dict(zip(where, times, strict=True))
         first = dict(zip(reversed(where), reversed(times), strict=True))
