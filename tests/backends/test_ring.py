@@ -62,6 +62,13 @@ def test_a_batch_gives_its_columns_in_order() -> None:
     assert list(batch.head(2)) == samples(2)
 
 
+def test_a_value_every_sample_shares_is_found_and_a_varied_one_is_not() -> None:
+    batch = SampleBatch.of(samples(6))  # one pid, one addr; three tids, two CPUs
+    assert (batch.shared("pid"), batch.shared("addr")) == (100, 0x4040)
+    assert (batch.shared("tid"), batch.shared("cpu"), batch.shared("ip")) == (None, None, None)
+    assert SampleBatch().shared("pid") is None
+
+
 def test_lost_records_are_summed_and_samples_around_them_kept() -> None:
     region = record(samples(3)) + lost_record(40) + record(samples(2, 3)) + lost_record(2)
     batch, lost, consumed = parse_records(region)

@@ -52,7 +52,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from debugregd.backends.ring import SampleBatch
+from debugregd.backends.ring import Column, SampleBatch
 from debugregd.backends.symbols import Location
 
 DEFAULT_SITES = 8
@@ -151,26 +151,32 @@ class HitAggregator:
         if taken < len(samples):
             samples = samples.head(taken)
         interval.sampled += taken
-        ips, pids = samples.ips(), samples.pids()
-        if ips.count(ips[0]) == taken and pids.count(pids[0]) == taken:
-            self._add_one_site(interval, (pids[0], ips[0]), samples)
+        ip, pid = samples.shared("ip"), samples.shared("pid")
+        if ip is not None and pid is not None:
+            self._add_one_site(interval, (pid, ip), samples)
         else:
-            self._add_sites(interval, list(zip(pids, ips, strict=True)), samples)
+            where = list(zip(samples.pids(), samples.ips(), strict=True))
+            self._add_sites(interval, where, samples)
 
     @staticmethod
     def _add_one_site(interval: _Interval, where: tuple[int, int], samples: SampleBatch) -> None:
-        # The usual batch: one instruction of one process writes the watched word. Every step is a
-        # C loop over plain ints (about 80 ns a sample against 500 for the general case).
-        times = samples.times()
-        first, last = min(times), max(times)
+        # The usual batch: one instruction of one process writes the watched word, often from one
+        # thread on one CPU. Columns are compared as bytes and only varied ones become Python ints:
+        # about 20 ns a sample against 500 for the general case.
+        times = samples.column("time")
         site = interval.sites.get(where)
         if site is None:
-            site = interval.sites[where] = _Site(first, last, 0)
+            site = interval.sites[where] = _Site(times[0], times[-1], 0)
         site.count += len(times)
-        site.first = min(site.first, first)
-        site.last = max(site.last, last)
-        site.tids.update(samples.tids())
-        site.cpus.update(samples.cpus())
+        site.first = min(site.first, times[0])
+        site.last = max(site.last, times[-1])
+        varied: tuple[tuple[Column, set[int]], ...] = (("tid", site.tids), ("cpu", site.cpus))
+        for name, seen in varied:
+            value = samples.shared(name)
+            if value is not None:
+                seen.add(value)
+            else:
+                seen.update(samples.column(name).tolist())
 
     @staticmethod
     def _add_sites(interval: _Interval, where: list[tuple[int, int]], samples: SampleBatch) -> None:

@@ -35,7 +35,7 @@ import select
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from debugregd.backends import perf_event
 
@@ -70,6 +70,18 @@ class Sample(NamedTuple):
     time: int
     cpu: int
     addr: int
+
+
+Column = Literal["ip", "pid", "tid", "time", "addr", "cpu"]
+# Each field of a sample record as (memoryview format, index in units of it, stride: 48 bytes).
+_COLUMNS: dict[Column, tuple[Literal["Q", "I"], int, int]] = {
+    "ip": ("Q", 1, 6),
+    "pid": ("I", 4, 12),
+    "tid": ("I", 5, 12),
+    "time": ("Q", 3, 6),
+    "addr": ("Q", 4, 6),
+    "cpu": ("I", 10, 12),
+}
 
 
 class SampleBatch:
@@ -112,22 +124,36 @@ class SampleBatch:
         return SampleBatch(self.data[: max(n, 0) * SAMPLE_SIZE])
 
     def ips(self) -> list[int]:
-        return memoryview(self.data).cast("Q")[1::6].tolist()
+        return self.column("ip").tolist()
 
     def pids(self) -> list[int]:
-        return memoryview(self.data).cast("I")[4::12].tolist()
+        return self.column("pid").tolist()
 
     def tids(self) -> list[int]:
-        return memoryview(self.data).cast("I")[5::12].tolist()
+        return self.column("tid").tolist()
 
     def times(self) -> list[int]:
-        return memoryview(self.data).cast("Q")[3::6].tolist()
+        return self.column("time").tolist()
 
     def addrs(self) -> list[int]:
-        return memoryview(self.data).cast("Q")[4::6].tolist()
+        return self.column("addr").tolist()
 
     def cpus(self) -> list[int]:
-        return memoryview(self.data).cast("I")[10::12].tolist()
+        return self.column("cpu").tolist()
+
+    def column(self, name: Column) -> memoryview[int]:
+        """One field of every sample, as a strided view of the records (no copy)."""
+        code, first, stride = _COLUMNS[name]
+        return memoryview(self.data).cast(code)[first::stride]
+
+    def shared(self, name: Column) -> int | None:
+        """The value every sample has in `name`, or None if they differ (or there are none).
+        Compared as bytes, in C: no Python int per sample."""
+        column = self.column(name)
+        if not len(column):
+            return None
+        value: int = column[0]
+        return value if column.tobytes() == column[:1].tobytes() * len(column) else None
 
 
 def _fields(s: Sample) -> tuple[int, int, int, int, int, int]:
