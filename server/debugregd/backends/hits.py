@@ -42,7 +42,9 @@ A report, the payload of a `hit` event:
     }
 
 Over the life of a watch, count = sampled + lost + the samples still in the ring; within one
-interval they differ by the samples in flight (a hit counted before its sample was drained).
+interval they differ by the samples in flight (a hit counted before its sample was drained). When a
+watch ends, `add(key, reader.drain().samples)` (no limit) before closing its reader: what a budget
+left in the ring is then counted as lost, and count = sampled + lost holds exactly.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ _SAMPLE_SIZE_FIELD = struct.pack("=H", SAMPLE_SIZE)
 _DATA_HEAD, _DATA_TAIL, _DATA_OFFSET, _DATA_SIZE = 1024, 1032, 1040, 1048
 
 DEFAULT_DATA_PAGES = 32  # 128 KiB with 4 KiB pages: about 2,700 samples between two drains
-WAKEUP_FRACTION = 4  # the reader is woken when a quarter of the ring is waiting
+WAKEUP_FRACTION = 4  # the reader is woken each time a quarter of the ring has been written
 
 _TSO_MACHINES = frozenset({"x86_64", "AMD64", "i386", "i686"})
 
@@ -162,7 +162,7 @@ def _fields(s: Sample) -> tuple[int, int, int, int, int, int]:
 
 class Totals(NamedTuple):
     """Everything one sampling event has seen: every hit, and the samples of those hits that the
-    kernel dropped because the ring was full. hits - lost samples are, or will be, in the ring."""
+    kernel dropped because the ring was full. The other hits' samples were or will be drained."""
 
     hits: int
     lost: int
@@ -173,7 +173,9 @@ class Drained:
     """What one drain took from the ring."""
 
     samples: SampleBatch
-    lost: int  # samples the kernel dropped for want of room, from the LOST records consumed
+    # Samples the kernel dropped for want of room, from the LOST records consumed. totals() already
+    # counts them (its lost comes from these records only on kernels before 6.0): add one, not both.
+    lost: int
     pending: bool  # records were left in the ring (the drain's limit was reached)
 
 
