@@ -43,6 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from debugregd.backends import perf_event
+from debugregd.backends.hits import HitAggregator
+from debugregd.backends.ring import DEFAULT_DATA_PAGES, Totals, open_sampler
+from debugregd.backends.symbols import Location, Resolver
+
 REPO = Path(__file__).resolve().parent.parent
 WRITES = 500_000  # about 5 s a run here: a hit costs this VM about 10 us under any watcher
 REPS = 5
@@ -92,15 +97,10 @@ int main(int argc, char **argv) {
 # ---------------------------------------------------------------------------- the watcher process
 
 
-def watch(pid: int, address: int, budget: int, interval: float) -> dict[str, Any]:
+def watch(pid: int, address: int, budget: int, interval: float, data_pages: int) -> dict[str, Any]:
     """Watch `pid`'s writes to `address` until it exits, as the perf backend will; what it saw."""
-    from debugregd.backends import perf_event
-    from debugregd.backends.hits import HitAggregator
-    from debugregd.backends.ring import Totals, open_sampler
-    from debugregd.backends.symbols import Location, Resolver
-
     key = "watched"
-    reader = open_sampler(perf_event.HW_BREAKPOINT_W, address, 8, pid)
+    reader = open_sampler(perf_event.HW_BREAKPOINT_W, address, 8, pid, data_pages=data_pages)
     armed = resource.getrusage(resource.RUSAGE_SELF)
     resolver = Resolver()
     aggregator = HitAggregator(
@@ -125,17 +125,34 @@ def watch(pid: int, address: int, budget: int, interval: float) -> dict[str, Any
         nonlocal seen
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
+        listening = False
 
-        def drain() -> None:
-            totals["wakeups"] += 1
-            aggregator.add(key, reader.drain(limit=aggregator.room(key)).samples)
-            if reader.exited and not ended.done():
+        def listen(on: bool) -> None:
+            nonlocal listening
+            if on and not listening:
+                loop.add_reader(reader.fd, on_readable)
+            elif not on and listening:
                 loop.remove_reader(reader.fd)
-                ended.set_result(None)
+            listening = on
+
+        def take() -> None:
+            aggregator.add(key, reader.drain(limit=aggregator.room(key)).samples)
+            if reader.exited:
+                listen(False)  # a hangup stays readable for good
+                if not ended.done():
+                    ended.set_result(None)
+            elif not aggregator.room(key):
+                # The budget is spent: until the next interval the kernel drops and counts what
+                # no longer fits, and waking for records nobody takes would only cost CPU.
+                listen(False)
+
+        def on_readable() -> None:
+            totals["wakeups"] += 1
+            take()
 
         def tick() -> None:
             nonlocal seen
-            drain()
+            take()  # the interval's last samples, below the watermark
             now = reader.totals()
             aggregator.count(key, now.hits - seen.hits, now.lost - seen.lost)
             seen = now
@@ -147,10 +164,11 @@ def watch(pid: int, address: int, budget: int, interval: float) -> dict[str, Any
                 for site in report["sites"]:
                     symbol = (site["symbol"] or "?").split("+")[0]
                     by_symbol[symbol] = by_symbol.get(symbol, 0) + site["count"]
-            # A ring the budget left full wakes nobody: the new interval's budget resumes it.
-            aggregator.add(key, reader.drain(limit=aggregator.room(key)).samples)
+            take()  # the new budget resumes a ring the last one left full (it wakes nobody)
+            if not reader.exited and aggregator.room(key):
+                listen(True)
 
-        loop.add_reader(reader.fd, drain)
+        listen(True)
         print("ready", flush=True)
         while not ended.done():
             await asyncio.wait([ended], timeout=interval)
@@ -225,10 +243,20 @@ def run_unwatched(target: Target, writes: int) -> dict[str, Any]:
     return {"target_s": target_s}
 
 
-def run_debugregd(target: Target, writes: int, budget: int) -> dict[str, Any]:
+def run_debugregd(target: Target, writes: int, budget: int, data_pages: int) -> dict[str, Any]:
     proc, pid, address = target.start(writes)
     watcher = subprocess.Popen(
-        [sys.executable, __file__, "watch", str(pid), hex(address), "--budget", str(budget)],
+        [
+            sys.executable,
+            __file__,
+            "watch",
+            str(pid),
+            hex(address),
+            "--budget",
+            str(budget),
+            "--data-pages",
+            str(data_pages),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
@@ -283,14 +311,14 @@ def run_perf_record(target: Target, writes: int, address: int, directory: Path) 
 
 
 def run_mode(
-    mode: str, target: Target, writes: int, address: int, directory: Path
+    mode: str, target: Target, writes: int, address: int, directory: Path, data_pages: int
 ) -> dict[str, Any]:
     if mode == "unwatched":
         return run_unwatched(target, writes)
     if mode == "debugregd":
-        return run_debugregd(target, writes, budget=BUDGET)
+        return run_debugregd(target, writes, BUDGET, data_pages)
     if mode == "debugregd_every_sample":
-        return run_debugregd(target, writes, budget=EVERY_SAMPLE)
+        return run_debugregd(target, writes, EVERY_SAMPLE, data_pages)
     return run_perf_record(target, writes, address, directory)
 
 
@@ -299,7 +327,7 @@ def median(runs: list[dict[str, Any]], field: str) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
-def bench(writes: int, reps: int) -> dict[str, Any]:
+def bench(writes: int, reps: int, data_pages: int) -> dict[str, Any]:
     """Every figure of one run, as the JSON object `--json` prints."""
     with tempfile.TemporaryDirectory(prefix="bench-hits-") as tmp:
         directory = Path(tmp)
@@ -312,9 +340,9 @@ def bench(writes: int, reps: int) -> dict[str, Any]:
         for rep in range(reps):
             order = MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]
             for mode in order:
-                runs[mode].append(run_mode(mode, target, writes, address, directory))
+                runs[mode].append(run_mode(mode, target, writes, address, directory, data_pages))
             for mode in WATCHERS:
-                idle[mode].append(run_mode(mode, target, 0, address, directory))
+                idle[mode].append(run_mode(mode, target, 0, address, directory, data_pages))
     figures: dict[str, Any] = {}
     for mode, mode_runs in runs.items():
         summary: dict[str, Any] = {
@@ -368,6 +396,7 @@ def bench(writes: int, reps: int) -> dict[str, Any]:
             "statistic": "median of the reps; the modes take turns within each rep",
             "interval_s": INTERVAL_S,
             "budget_per_interval": BUDGET,
+            "data_pages": data_pages,
             "breakpoint": "8-byte write, user space, task scope (ours: pid=target, cpu=-1)",
         },
         "machine": machine(),
@@ -402,16 +431,24 @@ def main() -> None:
     watcher.add_argument("pid", type=int)
     watcher.add_argument("address", type=lambda s: int(s, 0))
     watcher.add_argument("--budget", type=int, default=BUDGET)
+    watcher.add_argument("--data-pages", type=int, default=DEFAULT_DATA_PAGES)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object")
     parser.add_argument("--writes", type=int, default=WRITES, help="writes per run")
     parser.add_argument("--reps", type=int, default=REPS, help="runs per mode; the median counts")
+    parser.add_argument(
+        "--data-pages",
+        type=int,
+        default=DEFAULT_DATA_PAGES,
+        help="ring pages of our watcher (a power of two; more: fewer, larger drains)",
+    )
     args = parser.parse_args()
     if args.command == "watch":
-        print(json.dumps(watch(args.pid, args.address, args.budget, INTERVAL_S)), flush=True)
+        seen = watch(args.pid, args.address, args.budget, INTERVAL_S, args.data_pages)
+        print(json.dumps(seen), flush=True)
         return
     if shutil.which("perf") is None:
         raise SystemExit("perf is needed (make packages installs it)")
-    result = bench(args.writes, args.reps)
+    result = bench(args.writes, args.reps, args.data_pages)
     if args.json:
         print(json.dumps(result))
         return
