@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from debugregd.backends.symbols import ANONYMOUS, Resolver, parse_maps
+from debugregd.backends.symbols import ANONYMOUS, Resolver, SymbolTable, parse_maps
 from tests.support.ctarget import Writers, compile_c, run_writers
 
 
@@ -162,3 +162,11 @@ def test_a_process_that_exited_resolves_from_what_was_cached(pie: Path) -> None:
     assert where is not None and where.symbol == "writer_b+0x0"
     resolver.forget(w.pid)
     assert resolver.resolve(w.pid, w.writer_b) is None
+
+
+def test_a_file_that_is_not_elf_has_no_symbols(tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fELF" + bytes(60))  # an ELF magic with nothing sensible after it
+    with open(junk, "rb") as f:
+        table = SymbolTable.read(f)
+    assert (len(table), table.symbolize(0x10)) == (0, None)

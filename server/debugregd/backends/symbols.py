@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, ClassVar
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
@@ -131,7 +130,10 @@ class SymbolTable:
                     kept = best.get(address)
                     if kept is None or rank < kept[0]:
                         best[address] = (rank, size, name)
-        except (ELFError, ValueError, OSError):
+        except Exception:
+            # Not ELF, truncated, or malformed in a way pyelftools' parser trips over (its errors
+            # are not all ELFError): a file that cannot be read has no symbols, and no hit report
+            # may fail for it.
             return cls.EMPTY
         return cls(segments, [(a, size, name) for a, (_r, size, name) in sorted(best.items())])
 
