@@ -48,10 +48,13 @@ class Daemon:
         return f"{issued}.{mac.hexdigest()}"
 
     def cookie_valid(self, value: str, now: float) -> bool:
+        """Whether `value` is a dashboard cookie this key issued less than COOKIE_TTL_S ago;
+        a 400 problem when it is not even shaped like one."""
         issued_text, _, _ = value.partition(".")
-        if not issued_text.isdigit() or now - int(issued_text) > COOKIE_TTL_S:
+        issued = inputs.number(issued_text, f"the time in the {COOKIE} cookie (sign in again)")
+        if now - issued > COOKIE_TTL_S:
             return False
-        return hmac.compare_digest(value, self.cookie_for(int(issued_text)))
+        return hmac.compare_digest(value, self.cookie_for(issued))
 
 
 class DaemonApp(FastAPI):
