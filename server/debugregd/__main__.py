@@ -15,6 +15,7 @@ from types import FrameType
 import uvicorn
 
 from debugregd.api.app import StartupError, create_app, lock_state_dir, openapi_document
+from debugregd.api.hosts import WILDCARD_BINDS
 from debugregd.config import Settings, parse, settings_from
 
 log = logging.getLogger("debugregd")
@@ -86,6 +87,12 @@ def serve(settings: Settings) -> int:
             "clear text. Bind to 127.0.0.1, or put a TLS-terminating proxy in front.",
             settings.host,
         )
+    if settings.host in WILDCARD_BINDS and not settings.allowed_hosts:
+        log.warning(
+            "bound to %s, but only requests for Host localhost, 127.0.0.1 or [::1] are answered "
+            "(besides /healthz and /metrics); add the names clients use with --allowed-hosts",
+            settings.host,
+        )
     app = create_app(settings, key, lock)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{shown}:{settings.port}"
@@ -107,6 +114,7 @@ def serve(settings: Settings) -> int:
     )
 
     def end_streams() -> None:
+        app.daemon.stopping = True
         runtime = app.daemon.runtime
         if runtime is not None:
             runtime.hub.close()

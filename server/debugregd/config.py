@@ -33,6 +33,11 @@ def parse_pools(text: str) -> dict[str, int]:
     return pools
 
 
+def parse_names(text: str) -> list[str]:
+    """'a.example, 10.0.0.5' -> ['a.example', '10.0.0.5']."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
@@ -43,6 +48,7 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8765
+    allowed_hosts: list[str] = field(default_factory=list)
     state_dir: Path = field(default_factory=default_state_dir)
     profile: str = "x86_64"
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -92,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     option("--host", "address to bind; keep loopback unless TLS terminates in front", d.host)
     option("--port", "TCP port", d.port, type=int)
+    option(
+        "--allowed-hosts",
+        "Host header names answered besides localhost, 127.0.0.1, [::1] and the bound address "
+        "(comma-separated; '*' for any, behind a proxy that checks Host): others get a 400, so "
+        "a web page rebinding its name to this address cannot drive the daemon",
+        [],
+        type=parse_names,
+    )
     option("--state-dir", "journal, admin key and lock live here", d.state_dir, type=Path)
     option("--profile", "hardware profile", d.profile, choices=["x86_64", "arm64", "ppc64"])
     option("--cpus", "CPU count (the default is this machine's)", d.cpus, type=int)
@@ -139,6 +153,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host,
         port=args.port,
+        allowed_hosts=args.allowed_hosts,
         state_dir=args.state_dir,
         profile=args.profile,
         cpus=args.cpus,

@@ -135,6 +135,7 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
         try:
             yield
         finally:
+            daemon.stopping = True
             metrics.up.set(0)
             await runtime.stop()
             if lock is None:

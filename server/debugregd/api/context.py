@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from debugregd.api import commit, inputs
 from debugregd.api.errors import Problem, unauthorized
+from debugregd.api.hosts import ANY_NAME, HostAllowlist, host_header
 from debugregd.config import Settings
 from debugregd.core import Arbiter, Session
 from debugregd.runtime import Runtime
@@ -28,9 +29,11 @@ class Daemon:
     settings: Settings
     admin_key: str
     runtime: Runtime | None = None
+    stopping: bool = False  # shutdown has begun: /healthz says so
 
     def __post_init__(self) -> None:
         self.admin_key_bytes = self.admin_key.encode()
+        self.hosts = HostAllowlist.for_bind(self.settings.host, self.settings.allowed_hosts)
 
     @property
     def rt(self) -> Runtime:
@@ -66,6 +69,12 @@ class DaemonApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            hosts = self.daemon.hosts
+            host = host_header(scope["headers"])
+            if not hosts.allows(host) and scope["path"] not in ANY_NAME:
+                assert host is not None
+                await hosts.refusal(host)(scope, receive, send)
+                return
             await commit.answer_after_commit(super().__call__, scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
