@@ -64,6 +64,9 @@ class Server(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
+    # Whatever this process creates (the journal, its WAL, the key, the lock) only its user
+    # may read: the journal holds every session's allocations.
+    os.umask(0o077)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

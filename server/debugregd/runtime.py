@@ -60,6 +60,7 @@ class Runtime:
         self.retention = retention
         self.clock = clock
         self.tokens: dict[str, str] = journal.tokens()  # digest -> session id
+        self._token_of = {sid: digest for digest, sid in self.tokens.items()}  # the reverse
         self._digests: dict[str, str] = {}  # token -> digest, for tokens recently seen valid
         self.idempotency: dict[str, tuple[int, str]] = {}  # key -> (status, body)
         self._remembered: deque[tuple[float, str]] = deque()  # (created_at, key), oldest first
@@ -258,11 +259,8 @@ class Runtime:
                     self.on_fatal()
                 return
             self.metrics.commits.observe(time.perf_counter() - started)
-            for token in batch.tokens:
-                self.tokens[token[1]] = token[0]
-            if batch.revoked:
-                revoked = set(batch.revoked)
-                self.tokens = {d: s for d, s in self.tokens.items() if s not in revoked}
+            if batch.tokens or batch.revoked:
+                self._commit_tokens(batch)
             self._since_snapshot += len(batch.commands)
             self._since_prune += len(batch.events)
         for future in pending:
@@ -272,6 +270,21 @@ class Runtime:
             self.hub.publish(batch.events)
             self._apply_backend(staged)
         self._maintain()
+
+    def _commit_tokens(self, batch: Batch) -> None:
+        # A session has one token: a new one (a retried open) replaces the old, as in the
+        # journal's table, and a closed session's is revoked.
+        tokens, token_of = self.tokens, self._token_of
+        for session_id, digest in batch.tokens:
+            old = token_of.get(session_id)
+            if old is not None:
+                tokens.pop(old, None)
+            tokens[digest] = session_id
+            token_of[session_id] = digest
+        for session_id in batch.revoked:
+            old = token_of.pop(session_id, None)
+            if old is not None:
+                tokens.pop(old, None)
 
     def _maintain(self) -> None:
         if self._since_prune >= PRUNE_EVERY:

@@ -54,10 +54,25 @@ def host_config(settings: Settings) -> dict[str, object]:
     }
 
 
+def protect_state_dir(state_dir: Path) -> None:
+    """The state directory and any directory in it 0700, its files 0600, whoever made them (a
+    Kubernetes hostPath is made 0755, an older daemon made its journal 0644)."""
+    for where, dirs, files in os.walk(state_dir):
+        for name, mode in [("", 0o700), *((d, 0o700) for d in dirs), *((f, 0o600) for f in files)]:
+            path = Path(where, name)
+            try:
+                if not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+                    path.chmod(mode)
+            except OSError as exc:
+                log.warning("cannot make %s mode %o: %s", path, mode, exc)
+
+
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """One writer per state directory: a second daemon (or a second worker) refuses to start."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = (state_dir / "debugregd.lock").open("a+")
+    protect_state_dir(state_dir)
+    fd = os.open(state_dir / "debugregd.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    handle = os.fdopen(fd, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -13,6 +13,7 @@ set `synchronous="FULL"` to survive power loss too, at the cost of an fsync per 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 
 from debugregd import wire
 
-SCHEMA_VERSION = 2  # SQLite's user_version; 0 is the first layout, one row per command and event
+SCHEMA_VERSION = 3  # SQLite's user_version; 0 is the first layout, one row per command and event
 
 # One group commit writes one row to `commands` and one to `event_batches`: a row's SQLite cost
 # (a B-tree insert now, a delete at pruning) is paid per batch, not per command and per event.
@@ -52,6 +53,16 @@ UPDATE commands SET body = '[' || body || ']';
 INSERT INTO event_batches
     SELECT id, id, json_array(json_array(id, type, session)), body FROM events ORDER BY id;
 DROP TABLE events;
+"""
+
+
+# From layouts 0-2, which kept session tokens in the idempotent answers to session opens, and
+# answered anonymous callers' keys (no longer honoured). Run with secure_delete on, so the old
+# text is overwritten rather than left in free space.
+FORGET_TOKENS = """
+DELETE FROM idempotency WHERE key LIKE 'anonymous:%';
+UPDATE idempotency SET body = json_remove(body, '$.response.token')
+    WHERE json_type(body, '$.response.token') IS NOT NULL;
 """
 
 
@@ -91,6 +102,8 @@ class Journal:
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         self.path = path
+        # Created 0600 whatever the umask; SQLite gives its WAL the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
         # Only this daemon opens its journal (it holds the state directory's lock), so SQLite
         # may too: in exclusive mode the WAL index lives in this process's memory, and a commit
@@ -110,6 +123,10 @@ class Journal:
 
     def _migrate(self) -> None:
         db = self.db
+        forget = int(db.execute("PRAGMA user_version").fetchone()[0]) < 3
+        secure_delete = int(db.execute("PRAGMA secure_delete").fetchone()[0])
+        if forget:
+            db.execute("PRAGMA secure_delete=ON")  # often the build's default already
         db.execute("BEGIN IMMEDIATE")
         try:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -126,11 +143,19 @@ class Journal:
                 for statement in MIGRATE_FROM_0.split(";"):
                     if statement.strip():
                         db.execute(statement)
+            if forget:
+                for statement in FORGET_TOKENS.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if forget:
+            db.execute(f"PRAGMA secure_delete={secure_delete}")
+            # The frames written before hold the old text: into the file, and out of the WAL.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reading, at start
 
