@@ -17,6 +17,12 @@ import uvicorn
 from debugregd.api.app import StartupError, create_app, lock_state_dir, openapi_document
 from debugregd.api.hosts import WILDCARD_BINDS
 from debugregd.config import Settings, parse, settings_from
+from debugregd.connections import (
+    ConnectionLimits,
+    default_max_connections,
+    protocol_for,
+    raise_open_file_limit,
+)
 
 log = logging.getLogger("debugregd")
 
@@ -61,6 +67,21 @@ class Server(uvicorn.Server):
             # SIGTERM is the orderly stop: once shut down cleanly, exit 0 rather than having
             # uvicorn re-raise the signal (SIGINT is still re-raised, as shells expect).
             self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The bound on connections (from the open-file limit unless given) and the timeouts."""
+    open_files = raise_open_file_limit()
+    bound = settings.max_connections or default_max_connections(open_files)
+    if bound > open_files - 32:
+        log.warning(
+            "--max-connections %d leaves too few of the %d open files this process may have for "
+            "the journal and the backend; lower it or raise the limit (LimitNOFILE=)",
+            bound,
+            open_files,
+        )
+    log.info("accepting up to %d connections (open-file limit %d)", bound, open_files)
+    return ConnectionLimits(bound, settings.idle_timeout_s, settings.request_timeout_s)
 
 
 def serve(settings: Settings) -> int:
@@ -114,6 +135,9 @@ def serve(settings: Settings) -> int:
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=5,
         lifespan="on",
+        http=protocol_for(connection_limits(settings)),
+        ws="none",  # the API has no WebSocket route; an upgrade would leave the bound's count
+        timeout_keep_alive=max(1, round(settings.idle_timeout_s)),  # the protocol's is exact
     )
 
     def end_streams() -> None:

@@ -60,6 +60,9 @@ class Settings:
     sse_buffer: int = 1024
     heartbeat_s: float = 15.0
     max_body: int = 65_536
+    max_connections: int = 0  # 0: from the open-file limit (connections.default_max_connections)
+    idle_timeout_s: float = 5.0
+    request_timeout_s: float = 10.0
     synchronous: str = "NORMAL"
     log_level: str = "info"
     admin_key: str | None = None  # environment only: a flag would show in `ps`
@@ -138,6 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
     option("--heartbeat", "seconds between SSE heartbeat comments", d.heartbeat_s, type=float)
     option("--max-body", "largest request body in bytes", d.max_body, type=int)
     option(
+        "--max-connections",
+        "connections open at once; past it a new one replaces the one waiting longest with no "
+        "request in progress (0: the open-file limit less a quarter, at most 16384)",
+        d.max_connections,
+        type=int,
+    )
+    option(
+        "--idle-timeout",
+        "seconds a connection may stay open with no request in progress, new or kept alive "
+        "(an event stream is a request in progress)",
+        d.idle_timeout_s,
+        type=float,
+    )
+    option(
+        "--request-timeout",
+        "seconds a request may take to arrive whole, head and body, from its first byte",
+        d.request_timeout_s,
+        type=float,
+    )
+    option(
         "--synchronous",
         "SQLite synchronous: NORMAL survives a killed process, FULL also power loss",
         d.synchronous,
@@ -165,6 +188,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         sse_buffer=args.sse_buffer,
         heartbeat_s=args.heartbeat,
         max_body=args.max_body,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout,
+        request_timeout_s=args.request_timeout,
         synchronous=args.synchronous,
         log_level=args.log_level,
         admin_key=os.environ.get(ENV + "ADMIN_KEY") or None,
