@@ -142,10 +142,11 @@ def test_silent_and_slow_connections_are_closed_but_an_event_stream_is_not(
             silent = connect(daemon)
             partial = connect(daemon)
             partial.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            body = connect(daemon)
+            body = connect(daemon)  # a body that stops short, on the route that reads its own
             body.sendall(
-                b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+                b"POST /v1/allocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + f"Authorization: Bearer {session.token}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
             )
             slow = Slowloris(daemon)
             try:

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from debugregd.api.responses import Json
 from debugregd.core import (
@@ -121,6 +122,11 @@ async def _http(request: Request, exc: Exception) -> Json:
     )
 
 
+async def _disconnected(request: Request, exc: Exception) -> Json:
+    # The client went, or its request body was too late (connections.py): nobody reads this.
+    return problem(400, "client-disconnected", "Client disconnected", "the request body was cut")
+
+
 async def _unexpected(request: Request, exc: Exception) -> Json:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return problem(500, "internal", "Internal error", "the daemon failed; see its log")
@@ -131,4 +137,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)
