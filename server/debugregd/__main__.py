@@ -159,6 +159,9 @@ def serve(settings: Settings) -> int:
         return 1
     finally:
         lock.close()
+    runtime = app.daemon.runtime
+    if runtime is not None and runtime.failed is not None:
+        return 1  # the journal failed (logged): a service manager should notice
     return 0 if server.started else 1
 
 

@@ -34,6 +34,10 @@ TOKEN_CACHE = 4096  # valid tokens whose digests are remembered
 RECORD_CACHE = 4096  # allocations whose latest staged record is kept for their responses
 
 
+class JournalFailed(RuntimeError):
+    """The journal could not commit: the change was not made, and the daemon is stopping."""
+
+
 def token_digest(token: str) -> str:
     """Tokens are stored and looked up only by their SHA-256: the journal holds no secret."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -128,8 +132,15 @@ class Runtime:
         self.hub.close()
         if self.failed is None:
             self._flush()
-            self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
-        self.journal.close()
+        if self.failed is None:
+            try:
+                self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
+            except Exception as exc:  # every command is journaled: a restart replays them
+                log.warning("no snapshot at stop (%s); the next start replays the journal", exc)
+        try:
+            self.journal.close(merge=self.failed is None)
+        except Exception as exc:  # the WAL keeps every commit; the next start merges it
+            log.warning("journal not merged at stop (%s); the next start merges it", exc)
         self.backend.close()
 
     # -- running commands
@@ -140,7 +151,7 @@ class Runtime:
         Raises CoreError (nothing changed, nothing journaled) when the arbiter refuses.
         """
         if self.failed is not None:
-            raise RuntimeError("the journal failed; the daemon is shutting down")
+            raise JournalFailed("the journal failed; the daemon is shutting down")
         now = self.clock()
         command["now"] = now
         self._expire(now)
@@ -245,18 +256,16 @@ class Runtime:
         batch, self._batch = self._batch, Batch.empty()
         pending, self._pending = self._pending, []
         staged, self._staged = self._staged, []
+        if self.failed is not None:  # staged after the failure: refused like the rest
+            self._refuse(pending)
+            return
         if batch:
             started = time.perf_counter()
             try:
                 self.journal.write(batch)
             except Exception as exc:  # a journal that cannot commit must not keep serving
-                log.critical("journal commit failed, shutting down: %s", exc)
-                self.failed = exc
-                for future in pending:
-                    if not future.done():
-                        future.set_exception(RuntimeError("journal commit failed"))
-                if self.on_fatal is not None:
-                    self.on_fatal()
+                self._fail(exc, "could not commit")
+                self._refuse(pending)
                 return
             self.metrics.commits.observe(time.perf_counter() - started)
             if batch.tokens or batch.revoked:
@@ -269,7 +278,39 @@ class Runtime:
         if batch.events:
             self.hub.publish(batch.events)
             self._apply_backend(staged)
-        self._maintain()
+        try:
+            self._maintain()
+        except Exception as exc:  # the batch committed; the journal will not take more
+            self._fail(exc, "could not write a snapshot or prune")
+
+    # -- a journal that fails (a full disk, an I/O error): fail-stop
+
+    def _fail(self, exc: Exception, what: str) -> None:
+        """Stop taking changes, say why once, and have the daemon stopped.
+
+        Nothing after the last commit is journaled or acknowledged, so a restart (once the
+        cause is fixed) recovers every change a client was told about.
+        """
+        self.failed = exc
+        code = getattr(exc, "sqlite_errorname", None)
+        log.critical(
+            "journal %s %s: %s%s; every change since its last commit is refused (503) and the "
+            "daemon stops; fix the cause (e.g. free space on its disk) and start it again, "
+            "which recovers everything acknowledged",
+            self.journal.path,
+            what,
+            exc,
+            f" ({code})" if code else "",
+        )
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    @staticmethod
+    def _refuse(pending: list[asyncio.Future[None]]) -> None:
+        for future in pending:
+            if not future.done():
+                future.set_exception(JournalFailed("the journal could not commit this change"))
+                future.exception()  # a command staged by a sweeper has no one to await it
 
     def _commit_tokens(self, batch: Batch) -> None:
         # A session has one token: a new one (a retried open) replaces the old, as in the
@@ -337,7 +378,7 @@ class Runtime:
             )
 
     async def _evict_failed(self, allocation: str, reason: str) -> None:
-        with contextlib.suppress(CoreError):
+        with contextlib.suppress(CoreError, JournalFailed):
             await self.run({"op": "evict", "allocation": allocation, "reason": reason})
 
     async def _poll_backend(self) -> None:
@@ -346,7 +387,7 @@ class Runtime:
             if self.failed is not None:
                 continue
             for hit in self.backend.poll_hits():
-                with contextlib.suppress(CoreError):
+                with contextlib.suppress(CoreError, JournalFailed):
                     await self.run(
                         {"op": "report_hit", "allocation": hit.allocation, "data": hit.data}
                     )

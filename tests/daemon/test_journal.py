@@ -174,3 +174,23 @@ def test_tokens_an_older_layout_kept_in_idempotent_answers_are_erased_from_the_f
     }
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert kept.encode() not in on_disk and anonymous.encode() not in on_disk
+
+
+def test_a_commit_the_disk_cannot_hold_fails_with_the_real_cause_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.db.execute("PRAGMA max_page_count=40")  # a disk that fills after a few commits
+    written = 0
+    with pytest.raises(sqlite3.OperationalError) as failed:
+        for n in range(1, 1000):
+            write(journal, [{"op": "tick", "pad": "x" * 2000}], [event(n, label="y" * 2000)])
+            written = n
+    # SQLite rolled the transaction back itself; a second ROLLBACK must not replace the cause
+    # with "cannot rollback - no transaction is active".
+    assert failed.value.sqlite_errorname == "SQLITE_FULL", failed.value
+    assert "disk is full" in str(failed.value)
+    assert written > 0 and not journal.db.in_transaction
+    assert [n for n, _ in journal.commands_after(0)] == list(range(1, written + 1))
+    assert journal.last_seq == written
+    journal.close(merge=False)

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from starlette.types import Receive, Scope, Send
 
 from debugregd.api import commit, inputs
-from debugregd.api.errors import Problem, unauthorized
+from debugregd.api.errors import Problem, journal_failed, unauthorized
 from debugregd.api.hosts import ANY_NAME, HostAllowlist, host_header
 from debugregd.config import Settings
 from debugregd.core import Arbiter, Session
@@ -74,6 +74,10 @@ class DaemonApp(FastAPI):
             if not hosts.allows(host) and scope["path"] not in ANY_NAME:
                 assert host is not None
                 await hosts.refusal(host)(scope, receive, send)
+                return
+            runtime = self.daemon.runtime
+            if runtime is not None and runtime.failed is not None:
+                await journal_failed()(scope, receive, send)
                 return
             await commit.answer_after_commit(super().__call__, scope, receive, send)
         else:

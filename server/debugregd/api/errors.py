@@ -23,6 +23,7 @@ from debugregd.core import (
     NotFound,
     Refused,
 )
+from debugregd.runtime import JournalFailed
 
 log = logging.getLogger("debugregd.api")
 
@@ -65,6 +66,21 @@ def problem(
     body = {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail}
     body.update(extra)
     return Json(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def journal_failed() -> Json:
+    """The answer to every request once the journal could not commit: the daemon is stopping,
+    and its state holds changes that were never journaled, so nothing is read from it either.
+    `Connection: close`, so no client sends another request down a connection about to go."""
+    return problem(
+        503,
+        "journal-failed",
+        "Journal failed",
+        "the journal could not commit, so this change was not made (nor any since its last "
+        "commit); the daemon is stopping (its log says why), and a restart recovers everything "
+        "committed before",
+        {"Connection": "close"},
+    )
 
 
 def unauthorized(detail: str) -> Problem:
@@ -127,6 +143,10 @@ async def _disconnected(request: Request, exc: Exception) -> Json:
     return problem(400, "client-disconnected", "Client disconnected", "the request body was cut")
 
 
+async def _journal_failed(request: Request, exc: Exception) -> Json:
+    return journal_failed()
+
+
 async def _unexpected(request: Request, exc: Exception) -> Json:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return problem(500, "internal", "Internal error", "the daemon failed; see its log")
@@ -137,5 +157,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(JournalFailed, _journal_failed)
     app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)

@@ -12,6 +12,7 @@ set `synchronous="FULL"` to survive power loss too, at the cost of an fsync per 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -64,6 +65,15 @@ DELETE FROM idempotency WHERE key LIKE 'anonymous:%';
 UPDATE idempotency SET body = json_remove(body, '$.response.token')
     WHERE json_type(body, '$.response.token') IS NOT NULL;
 """
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Undo a failed transaction without hiding why it failed: after some errors (a full disk
+    among them) SQLite has already rolled back, and a ROLLBACK would raise "cannot rollback -
+    no transaction is active" in place of the real cause."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class LayoutError(RuntimeError):
@@ -150,7 +160,7 @@ class Journal:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
         if forget:
             db.execute(f"PRAGMA secure_delete={secure_delete}")
@@ -252,7 +262,7 @@ class Journal:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
         self.last_seq += len(batch.commands)
 
@@ -269,7 +279,7 @@ class Journal:
             db.execute("DELETE FROM commands WHERE seq <= ?", (self.last_seq,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
 
     def prune(self, keep_events: int, idempotency_before: float) -> None:
@@ -281,6 +291,11 @@ class Journal:
         )
         self.db.execute("DELETE FROM idempotency WHERE created_at < ?", (idempotency_before,))
 
-    def close(self) -> None:
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.close()
+    def close(self, *, merge: bool = True) -> None:
+        """Close, merging the WAL into the database file first unless `merge` is False (the
+        WAL keeps its commits either way: the next open merges them)."""
+        try:
+            if merge:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.db.close()
