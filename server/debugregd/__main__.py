@@ -14,7 +14,13 @@ from types import FrameType
 
 import uvicorn
 
-from debugregd.api.app import StartupError, create_app, lock_state_dir, openapi_document
+from debugregd.api.app import (
+    StartupError,
+    create_app,
+    lock_state_dir,
+    open_journal,
+    openapi_document,
+)
 from debugregd.api.hosts import WILDCARD_BINDS
 from debugregd.config import Settings, parse, settings_from
 from debugregd.connections import (
@@ -23,6 +29,7 @@ from debugregd.connections import (
     protocol_for,
     raise_open_file_limit,
 )
+from debugregd.recovery import JournalDamaged
 
 log = logging.getLogger("debugregd")
 
@@ -34,7 +41,15 @@ def admin_key_for(settings: Settings) -> tuple[str, bool]:
         return settings.admin_key, False
     path = settings.state_dir / "admin.key"
     if path.exists():
-        return path.read_text().strip(), False
+        try:
+            key = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"cannot read the admin key from {path}: {exc}") from None
+        if not key:
+            raise StartupError(
+                f"{path} is empty: write the admin key into it, or delete it to have one made"
+            )
+        return key, False
     key = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -104,7 +119,12 @@ def serve(settings: Settings) -> int:
     except StartupError as exc:
         print(f"debugregd: {exc}", file=sys.stderr)
         return 1
-    key, generated = admin_key_for(settings)
+    try:
+        key, generated = admin_key_for(settings)
+    except StartupError as exc:
+        lock.close()
+        print(f"debugregd: {exc}", file=sys.stderr)
+        return 1
     if not is_loopback(settings.host):
         log.warning(
             "LISTENING ON %s WITHOUT TLS: session tokens and the admin key cross the network in "
@@ -117,7 +137,16 @@ def serve(settings: Settings) -> int:
             "(besides /healthz and /metrics); add the names clients use with --allowed-hosts",
             settings.host,
         )
-    app = create_app(settings, key, lock)
+    try:
+        # Before uvicorn starts, so a damaged journal stops the start with one line.
+        opened = open_journal(settings)
+    except (StartupError, JournalDamaged) as exc:
+        lock.close()
+        print(f"debugregd: {exc}", file=sys.stderr)
+        return 1
+    for line in opened.dropped:
+        print(f"debugregd: --recover dropped {line}", file=sys.stderr)
+    app = create_app(settings, key, lock, opened)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{shown}:{settings.port}"
     print(f"debugregd: dashboard at {base}/", flush=True)

@@ -66,6 +66,7 @@ class Settings:
     synchronous: str = "NORMAL"
     log_level: str = "info"
     admin_key: str | None = None  # environment only: a flag would show in `ps`
+    recover: bool = False  # a flag only: a choice made once, not a setting to leave on
 
 
 ENV = "DEBUGREGD_"
@@ -167,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["NORMAL", "FULL"],
     )
     option("--log-level", "log level", d.log_level, choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--recover",
+        action="store_true",
+        help="start even though the journal is damaged: continue from what is intact, keep a "
+        "copy of the damaged journal, and log what was dropped (without it, a damaged journal "
+        "stops the start with one line saying what is wrong)",
+    )
     sub.add_parser("openapi", help="print the OpenAPI document (openapi.json)")
     return parser
 
@@ -194,6 +202,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         synchronous=args.synchronous,
         log_level=args.log_level,
         admin_key=os.environ.get(ENV + "ADMIN_KEY") or None,
+        recover=args.recover,
     )
 
 
