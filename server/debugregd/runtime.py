@@ -283,6 +283,21 @@ class Runtime:
         except Exception as exc:  # the batch committed; the journal will not take more
             self._fail(exc, "could not write a snapshot or prune")
 
+    def _commit_tokens(self, batch: Batch) -> None:
+        # A session has one token: a new one (a retried open) replaces the old, as in the
+        # journal's table, and a closed session's is revoked.
+        tokens, token_of = self.tokens, self._token_of
+        for session_id, digest in batch.tokens:
+            old = token_of.get(session_id)
+            if old is not None:
+                tokens.pop(old, None)
+            tokens[digest] = session_id
+            token_of[session_id] = digest
+        for session_id in batch.revoked:
+            old = token_of.pop(session_id, None)
+            if old is not None:
+                tokens.pop(old, None)
+
     # -- a journal that fails (a full disk, an I/O error): fail-stop
 
     def _fail(self, exc: Exception, what: str) -> None:
@@ -311,21 +326,6 @@ class Runtime:
             if not future.done():
                 future.set_exception(JournalFailed("the journal could not commit this change"))
                 future.exception()  # a command staged by a sweeper has no one to await it
-
-    def _commit_tokens(self, batch: Batch) -> None:
-        # A session has one token: a new one (a retried open) replaces the old, as in the
-        # journal's table, and a closed session's is revoked.
-        tokens, token_of = self.tokens, self._token_of
-        for session_id, digest in batch.tokens:
-            old = token_of.get(session_id)
-            if old is not None:
-                tokens.pop(old, None)
-            tokens[digest] = session_id
-            token_of[session_id] = digest
-        for session_id in batch.revoked:
-            old = token_of.pop(session_id, None)
-            if old is not None:
-                tokens.pop(old, None)
 
     def _maintain(self) -> None:
         if self._since_prune >= PRUNE_EVERY:
