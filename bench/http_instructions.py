@@ -113,7 +113,7 @@ async def drive(app: Any, token: str, body: str, clients: int, pairs: int, base:
     headers = [
         (b"authorization", b"Bearer " + token.encode()),
         (b"content-type", b"application/json"),
-        (b"host", b"bench"),
+        (b"host", b"127.0.0.1:8765"),
     ]
     left = pairs
 

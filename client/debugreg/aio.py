@@ -90,9 +90,9 @@ class AsyncSession(SessionHandle):
         """Open the lease and start the keepalive and event tasks (`async with` does this)."""
         if self.opened is not None:
             return self
-        since = (await self._client._run(api.health())).event_id
         opened = await self._client._run(api.open_session(self.request, self._client.admin_key))
-        self._started(opened, since)
+        baseline = await self._client._run(api.session_baseline(opened.id, opened.token))
+        self._started(opened, baseline)
         self._client._sessions.add(self)
         self._listener = asyncio.create_task(self._listen(), name=f"debugreg-events-{self.id}")
         if self._keepalive:
@@ -510,9 +510,6 @@ class AsyncClient(ClientBase):
         )
         feed = Feed(since)
         if since is None:
-            start = (await self._run(api.health())).event_id
             feed.seed(await self._run(stream.baseline))
-            if feed.last_event_id is None:
-                feed.last_event_id = start
         async for event in self._follow(stream, feed):
             yield event

@@ -163,9 +163,8 @@ class Session(SessionHandle):
         """Open the lease and start the keepalive and event threads (enter does this)."""
         if self.opened is not None:
             return self
-        since = self._client._run(api.health()).event_id
         opened = self._client._run(api.open_session(self.request, self._client.admin_key))
-        self._started(opened, since)
+        self._started(opened, self._client._run(api.session_baseline(opened.id, opened.token)))
         self._client._sessions.add(self)
         self._listener = threading.Thread(
             target=self._listen, name=f"debugreg-events-{self.id}", daemon=True
@@ -660,8 +659,5 @@ class Client(ClientBase):
         )
         feed = Feed(since)
         if since is None:
-            start = self._run(api.health()).event_id
             feed.seed(self._run(stream.baseline))
-            if feed.last_event_id is None:
-                feed.last_event_id = start
         yield from self._follow(stream, feed, threading.Event(), _Interrupt())

@@ -211,12 +211,13 @@ class SessionHandle:
         # (daemon restarting) try again sooner.
         return self.request.ttl_s / (3 if ok else 6)
 
-    def _started(self, opened: schema.Session, since: int) -> None:
+    def _started(self, opened: schema.Session, baseline: api.Baseline) -> None:
         self.opened = opened
         self.expires_at = opened.expires_at
-        # Everything after `since` concerns this session, so nothing is missed even if the
-        # stream connects after the first allocation.
-        self._feed.last_event_id = since
+        # The session's own allocations, read once it is open, and the event id they are
+        # consistent with: the stream resumes after it, so nothing is missed even if it
+        # connects after the first allocation.
+        self._feed.seed(baseline)
 
     def _kept(self, keepalive: schema.Keepalive) -> None:
         self.expires_at = keepalive.expires_at

@@ -395,6 +395,6 @@ class Problem(BaseModel):
 
 
 class Health(BaseModel):
+    """Whether the daemon serves: only ok (anything else is a 503 problem)."""
+
     status: Literal["ok"]
-    event_id: int
-    journal: str

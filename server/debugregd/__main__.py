@@ -20,9 +20,18 @@ from debugregd.api.app import (
     create_app,
     lock_state_dir,
     open_backend,
+    open_journal,
     openapi_document,
 )
+from debugregd.api.hosts import WILDCARD_BINDS
 from debugregd.config import Settings, parse, settings_from
+from debugregd.connections import (
+    ConnectionLimits,
+    default_max_connections,
+    protocol_for,
+    raise_open_file_limit,
+)
+from debugregd.recovery import JournalDamaged
 
 log = logging.getLogger("debugregd")
 
@@ -34,7 +43,15 @@ def admin_key_for(settings: Settings) -> tuple[str, bool]:
         return settings.admin_key, False
     path = settings.state_dir / "admin.key"
     if path.exists():
-        return path.read_text().strip(), False
+        try:
+            key = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"cannot read the admin key from {path}: {exc}") from None
+        if not key:
+            raise StartupError(
+                f"{path} is empty: write the admin key into it, or delete it to have one made"
+            )
+        return key, False
     key = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -69,7 +86,25 @@ class Server(uvicorn.Server):
             self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The bound on connections (from the open-file limit unless given) and the timeouts."""
+    open_files = raise_open_file_limit()
+    bound = settings.max_connections or default_max_connections(open_files)
+    if bound > open_files - 32:
+        log.warning(
+            "--max-connections %d leaves too few of the %d open files this process may have for "
+            "the journal and the backend; lower it or raise the limit (LimitNOFILE=)",
+            bound,
+            open_files,
+        )
+    log.info("accepting up to %d connections (open-file limit %d)", bound, open_files)
+    return ConnectionLimits(bound, settings.idle_timeout_s, settings.request_timeout_s)
+
+
 def serve(settings: Settings) -> int:
+    # Whatever this process creates (the journal, its WAL, the key, the lock) only its user
+    # may read: the journal holds every session's allocations.
+    os.umask(0o077)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -92,14 +127,34 @@ def serve(settings: Settings) -> int:
     except StartupError as exc:
         print(f"debugregd: {exc}", file=sys.stderr)
         return 1
-    key, generated = admin_key_for(settings)
+    try:
+        key, generated = admin_key_for(settings)
+    except StartupError as exc:
+        lock.close()
+        print(f"debugregd: {exc}", file=sys.stderr)
+        return 1
     if not is_loopback(settings.host) and not settings.tls:
         log.warning(
             "LISTENING ON %s WITHOUT TLS: session tokens and the admin key cross the network in "
             "clear text. Bind to 127.0.0.1, or serve HTTPS (--tls-cert and --tls-key).",
             settings.host,
         )
-    app = create_app(settings, key, lock)
+    if settings.host in WILDCARD_BINDS and not settings.allowed_hosts:
+        log.warning(
+            "bound to %s, but only requests for Host localhost, 127.0.0.1 or [::1] are answered "
+            "(besides /healthz and /metrics); add the names clients use with --allowed-hosts",
+            settings.host,
+        )
+    try:
+        # Before uvicorn starts, so a damaged journal stops the start with one line.
+        opened = open_journal(settings)
+    except (StartupError, JournalDamaged) as exc:
+        lock.close()
+        print(f"debugregd: {exc}", file=sys.stderr)
+        return 1
+    for line in opened.dropped:
+        print(f"debugregd: --recover dropped {line}", file=sys.stderr)
+    app = create_app(settings, key, lock, opened)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if ":" in shown:
         shown = f"[{shown}]"  # an IPv6 address in a URL
@@ -120,9 +175,13 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=5,
         lifespan="on",
         **tls.uvicorn_options(settings),
+        http=protocol_for(connection_limits(settings)),
+        ws="none",  # the API has no WebSocket route; an upgrade would leave the bound's count
+        timeout_keep_alive=max(1, round(settings.idle_timeout_s)),  # the protocol's is exact
     )
 
     def end_streams() -> None:
+        app.daemon.stopping = True
         runtime = app.daemon.runtime
         if runtime is not None:
             runtime.hub.close()
@@ -140,6 +199,9 @@ def serve(settings: Settings) -> int:
         return 1
     finally:
         lock.close()
+    runtime = app.daemon.runtime
+    if runtime is not None and runtime.failed is not None:
+        return 1  # the journal failed (logged): a service manager should notice
     return 0 if server.started else 1
 
 

@@ -45,6 +45,13 @@ def _grace(arb: Arbiter, c: Command) -> Outcome:
     return None, []
 
 
+def _issue_token(arb: Arbiter, c: Command) -> Outcome:
+    # A retried open got the session a new token (its digest commits with this command); the
+    # arbiter only checks that the session is open.
+    arb.session(c["session"])
+    return None, []
+
+
 def _close_session(arb: Arbiter, c: Command) -> Outcome:
     return None, arb.close_session(c["session"], c["now"])
 
@@ -109,6 +116,7 @@ OPS: dict[str, Callable[[Arbiter, Command], Outcome]] = {
     "open_session": _open_session,
     "keepalive": _keepalive,
     "grace": _grace,
+    "issue_token": _issue_token,
     "close_session": _close_session,
     "allocate": _allocate,
     "release": _release,

@@ -47,6 +47,11 @@ def _not_negative(text: str) -> float:
     return value
 
 
+def parse_names(text: str) -> list[str]:
+    """'a.example, 10.0.0.5' -> ['a.example', '10.0.0.5']."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
@@ -57,6 +62,7 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8765
+    allowed_hosts: list[str] = field(default_factory=list)
     state_dir: Path = field(default_factory=default_state_dir)
     profile: str = "x86_64"
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -68,6 +74,9 @@ class Settings:
     sse_buffer: int = 1024
     heartbeat_s: float = 15.0
     max_body: int = 65_536
+    max_connections: int = 0  # 0: from the open-file limit (connections.default_max_connections)
+    idle_timeout_s: float = 5.0
+    request_timeout_s: float = 10.0
     synchronous: str = "NORMAL"
     outside_interval_s: float = 1.0
     outside_scan_s: float = 2.0
@@ -78,6 +87,7 @@ class Settings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # given: clients must show a certificate it signed
     admin_key: str | None = None  # environment only: a flag would show in `ps`
+    recover: bool = False  # a flag only: a choice made once, not a setting to leave on
 
     @property
     def tls(self) -> bool:
@@ -118,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     option("--host", "address to bind; keep loopback unless TLS is on (--tls-cert)", d.host)
     option("--port", "TCP port", d.port, type=int)
+    option(
+        "--allowed-hosts",
+        "Host header names answered besides localhost, 127.0.0.1, [::1] and the bound address "
+        "(comma-separated; '*' for any, behind a proxy that checks Host): others get a 400, so "
+        "a web page rebinding its name to this address cannot drive the daemon",
+        [],
+        type=parse_names,
+    )
     option("--state-dir", "journal, admin key and lock live here", d.state_dir, type=Path)
     option("--profile", "hardware profile", d.profile, choices=["x86_64", "arm64", "ppc64"])
     option("--cpus", "CPU count (the default is this machine's)", d.cpus, type=int)
@@ -149,6 +167,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option("--heartbeat", "seconds between SSE heartbeat comments", d.heartbeat_s, type=float)
     option("--max-body", "largest request body in bytes", d.max_body, type=int)
+    option(
+        "--max-connections",
+        "connections open at once; past it a new one replaces the one waiting longest with no "
+        "request in progress (0: the open-file limit less a quarter, at most 16384)",
+        d.max_connections,
+        type=int,
+    )
+    option(
+        "--idle-timeout",
+        "seconds a connection may stay open with no request in progress, new or kept alive "
+        "(an event stream is a request in progress)",
+        d.idle_timeout_s,
+        type=float,
+    )
+    option(
+        "--request-timeout",
+        "seconds a request may take to arrive whole, head and body, from its first byte",
+        d.request_timeout_s,
+        type=float,
+    )
     option(
         "--synchronous",
         "SQLite synchronous: NORMAL survives a killed process, FULL also power loss",
@@ -193,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         type=Path,
     )
+    serve.add_argument(
+        "--recover",
+        action="store_true",
+        help="start even though the journal is damaged: continue from what is intact, keep a "
+        "copy of the damaged journal, and log what was dropped (without it, a damaged journal "
+        "stops the start with one line saying what is wrong)",
+    )
     sub.add_parser("openapi", help="print the OpenAPI document (openapi.json)")
     return parser
 
@@ -202,6 +247,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host,
         port=args.port,
+        allowed_hosts=args.allowed_hosts,
         state_dir=args.state_dir,
         profile=args.profile,
         cpus=args.cpus,
@@ -213,6 +259,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         sse_buffer=args.sse_buffer,
         heartbeat_s=args.heartbeat,
         max_body=args.max_body,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout,
+        request_timeout_s=args.request_timeout,
         synchronous=args.synchronous,
         outside_interval_s=args.outside_interval,
         outside_scan_s=args.outside_scan,
@@ -223,6 +272,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         admin_key=os.environ.get(ENV + "ADMIN_KEY") or None,
+        recover=args.recover,
     )
 
 

@@ -49,6 +49,10 @@ TASK_SWEEP_S = 10.0  # how often exited-or-forgotten tasks stop being watched
 FREEING = frozenset({"released", "evicted", "expired"})
 
 
+class JournalFailed(RuntimeError):
+    """The journal could not commit: the change was not made, and the daemon is stopping."""
+
+
 def token_digest(token: str) -> str:
     """Tokens are stored and looked up only by their SHA-256: the journal holds no secret."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -92,6 +96,7 @@ class Runtime:
         self.retention = retention
         self.clock = clock
         self.tokens: dict[str, str] = journal.tokens()  # digest -> session id
+        self._token_of = {sid: digest for digest, sid in self.tokens.items()}  # the reverse
         self._digests: dict[str, str] = {}  # token -> digest, for tokens recently seen valid
         self.idempotency: dict[str, tuple[int, str]] = {}  # key -> (status, body)
         self._remembered: deque[tuple[float, str]] = deque()  # (created_at, key), oldest first
@@ -166,8 +171,15 @@ class Runtime:
             self.tracers.close()
         if self.failed is None:
             self._flush()
-            self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
-        self.journal.close()
+        if self.failed is None:
+            try:
+                self.journal.write_snapshot(self.arbiter.event_id, self.arbiter.snapshot())
+            except Exception as exc:  # every command is journaled: a restart replays them
+                log.warning("no snapshot at stop (%s); the next start replays the journal", exc)
+        try:
+            self.journal.close(merge=self.failed is None)
+        except Exception as exc:  # the WAL keeps every commit; the next start merges it
+            log.warning("journal not merged at stop (%s); the next start merges it", exc)
         self.backend.close()
 
     # -- running commands
@@ -178,7 +190,7 @@ class Runtime:
         Raises CoreError (nothing changed, nothing journaled) when the arbiter refuses.
         """
         if self.failed is not None:
-            raise RuntimeError("the journal failed; the daemon is shutting down")
+            raise JournalFailed("the journal failed; the daemon is shutting down")
         now = self.clock()
         command["now"] = now
         self._expire(now)
@@ -367,26 +379,21 @@ class Runtime:
         self._flush_scheduled = False
         batch, self._batch = self._batch, Batch.empty()
         pending, self._pending = self._pending, []
+        if self.failed is not None:  # staged after the failure: refused like the rest
+            self._refuse(pending)
+            return
         if batch:
             started = time.perf_counter()
             try:
                 self.journal.write(batch)
             except Exception as exc:  # a journal that cannot commit must not keep serving
-                log.critical("journal commit failed, shutting down: %s", exc)
                 self.stats.commit_failures += 1
-                self.failed = exc
-                for future in pending:
-                    if not future.done():
-                        future.set_exception(RuntimeError("journal commit failed"))
-                if self.on_fatal is not None:
-                    self.on_fatal()
+                self._fail(exc, "could not commit")
+                self._refuse(pending)
                 return
             self.metrics.commits.observe(time.perf_counter() - started)
-            for token in batch.tokens:
-                self.tokens[token[1]] = token[0]
-            if batch.revoked:
-                revoked = set(batch.revoked)
-                self.tokens = {d: s for d, s in self.tokens.items() if s not in revoked}
+            if batch.tokens or batch.revoked:
+                self._commit_tokens(batch)
             self._since_snapshot += len(batch.commands)
             self._since_prune += len(batch.events)
         for future in pending:
@@ -394,7 +401,54 @@ class Runtime:
                 future.set_result(None)
         if batch.events:
             self.hub.publish(batch.events)
-        self._maintain()
+        try:
+            self._maintain()
+        except Exception as exc:  # the batch committed; the journal will not take more
+            self._fail(exc, "could not write a snapshot or prune")
+
+    def _commit_tokens(self, batch: Batch) -> None:
+        # A session has one token: a new one (a retried open) replaces the old, as in the
+        # journal's table, and a closed session's is revoked.
+        tokens, token_of = self.tokens, self._token_of
+        for session_id, digest in batch.tokens:
+            old = token_of.get(session_id)
+            if old is not None:
+                tokens.pop(old, None)
+            tokens[digest] = session_id
+            token_of[session_id] = digest
+        for session_id in batch.revoked:
+            old = token_of.pop(session_id, None)
+            if old is not None:
+                tokens.pop(old, None)
+
+    # -- a journal that fails (a full disk, an I/O error): fail-stop
+
+    def _fail(self, exc: Exception, what: str) -> None:
+        """Stop taking changes, say why once, and have the daemon stopped.
+
+        Nothing after the last commit is journaled or acknowledged, so a restart (once the
+        cause is fixed) recovers every change a client was told about.
+        """
+        self.failed = exc
+        code = getattr(exc, "sqlite_errorname", None)
+        log.critical(
+            "journal %s %s: %s%s; every change since its last commit is refused (503) and the "
+            "daemon stops; fix the cause (e.g. free space on its disk) and start it again, "
+            "which recovers everything acknowledged",
+            self.journal.path,
+            what,
+            exc,
+            f" ({code})" if code else "",
+        )
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    @staticmethod
+    def _refuse(pending: list[asyncio.Future[None]]) -> None:
+        for future in pending:
+            if not future.done():
+                future.set_exception(JournalFailed("the journal could not commit this change"))
+                future.exception()  # a command staged by a sweeper has no one to await it
 
     def _maintain(self) -> None:
         if self._since_prune >= PRUNE_EVERY:
@@ -472,7 +526,7 @@ class Runtime:
 
     async def _evict_lost(self, allocation: str) -> None:
         reason = "the kernel took its registers back: a user outside debugregd took them"
-        with contextlib.suppress(CoreError):
+        with contextlib.suppress(CoreError, JournalFailed):
             await self.run({"op": "evict", "allocation": allocation, "reason": reason})
 
     async def _poll_backend(self) -> None:
@@ -484,7 +538,7 @@ class Runtime:
                 for alloc in list(wp.holders):
                     await self._evict_lost(alloc.id)
             for hit in self.backend.poll_hits():
-                with contextlib.suppress(CoreError):
+                with contextlib.suppress(CoreError, JournalFailed):
                     await self.run(
                         {"op": "report_hit", "allocation": hit.allocation, "data": hit.data}
                     )

@@ -4,12 +4,17 @@ first answer and allocates (or opens) nothing twice."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from tests.api.helpers import LONG_TTL_S, Api, assert_problem, task_request
 
 
 def key() -> dict[str, str]:
     return {"Idempotency-Key": str(uuid.uuid4())}
+
+
+def without_token(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in answer.items() if k != "token"}
 
 
 def test_a_retried_allocation_returns_the_first_answer_and_allocates_once(api: Api) -> None:
@@ -78,20 +83,25 @@ def test_a_refused_request_is_not_remembered(api: Api) -> None:
     assert session.http.get("/v1/allocations").json()["allocations"] == []
 
 
-def test_a_retried_session_open_returns_the_same_session_once(api: Api) -> None:
+def test_a_retried_session_open_returns_the_same_session_with_a_new_token(api: Api) -> None:
     headers = key()
     body = {"name": "retried", "ttl_s": LONG_TTL_S}
+    opener = api.open_session("opener")  # a session token is a credential to scope keys by
     before = len(api.state()["sessions"])
-    first = api.anon.post("/v1/sessions", json=body, headers=headers)
+    first = opener.http.post("/v1/sessions", json=body, headers=headers)
     assert first.status_code == 201, first.text
-    retry = api.anon.post("/v1/sessions", json=body, headers=headers)
-    assert retry.status_code == 201
-    assert retry.json() == first.json()  # the same id and the same token
+    retry = opener.http.post("/v1/sessions", json=body, headers=headers)
+    assert retry.status_code == 201, retry.text
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    # The journal keeps no token to send again: the same session, with a new token that
+    # revokes the first one (whose answer may never have arrived).
+    assert without_token(retry.json()) == without_token(first.json())
+    assert retry.json()["token"] != first.json()["token"]
     sessions = api.state()["sessions"]
     assert len(sessions) == before + 1
     assert [s["id"] for s in sessions if s["name"] == "retried"] == [first.json()["id"]]
-    token = first.json()["token"]
-    assert api.client(token).get("/v1/allocations").status_code == 200
+    assert api.client(retry.json()["token"]).get("/v1/allocations").status_code == 200
+    assert_problem(api.client(first.json()["token"]).get("/v1/allocations"), 401)
 
 
 def test_a_retried_granted_session_open_is_also_idempotent(api: Api) -> None:
@@ -99,10 +109,39 @@ def test_a_retried_granted_session_open_is_also_idempotent(api: Api) -> None:
     body = {"name": "granted-retry", "ttl_s": LONG_TTL_S, "max_priority": "ptrace"}
     first = api.admin.post("/v1/sessions", json=body, headers=headers).json()
     retry = api.admin.post("/v1/sessions", json=body, headers=headers).json()
-    assert retry == first
+    assert without_token(retry) == without_token(first)
     assert [s["id"] for s in api.state()["sessions"] if s["name"] == "granted-retry"] == [
         first["id"]
     ]
+
+
+def test_a_second_anonymous_caller_with_the_same_key_and_body_never_gets_the_first_token(
+    api: Api,
+) -> None:
+    # Callers without a credential cannot be told apart (on loopback they are all 127.0.0.1),
+    # so their keys are not honoured: each open is a session of its own.
+    headers = key()
+    body = {"name": "anonymous-retry", "ttl_s": LONG_TTL_S}
+    first = api.anon.post("/v1/sessions", json=body, headers=headers)
+    second = api.client().post("/v1/sessions", json=body, headers=headers)
+    assert first.status_code == second.status_code == 201, (first.text, second.text)
+    assert "Idempotent-Replayed" not in second.headers
+    assert second.json()["id"] != first.json()["id"]
+    assert second.json()["token"] != first.json()["token"]
+    for opened in (first, second):
+        token = opened.json()["token"]
+        assert api.client(token).get("/v1/allocations").status_code == 200
+
+
+def test_a_retried_open_of_a_session_since_closed_is_a_409(api: Api) -> None:
+    headers = key()
+    body = {"name": "closed-retry", "ttl_s": LONG_TTL_S}
+    first = api.admin.post("/v1/sessions", json=body, headers=headers).json()
+    assert api.admin.delete(f"/v1/sessions/{first['id']}").status_code == 204
+    before = api.state()
+    problem = assert_problem(api.admin.post("/v1/sessions", json=body, headers=headers), 409)
+    assert first["id"] in problem["detail"]
+    assert api.state() == before
 
 
 def test_an_overlong_key_is_refused(api: Api) -> None:

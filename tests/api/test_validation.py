@@ -376,8 +376,60 @@ def test_a_bad_raw_debug_register_write_is_a_problem_and_changes_nothing(
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5", "0x10", "7 8"])
 def test_a_bad_last_event_id_is_a_problem_before_the_stream_starts(api: Api, value: str) -> None:
     assert_rejected_unchanged(
-        api, lambda: api.admin.get("/v1/events", headers={"Last-Event-ID": value}), 422
+        api, lambda: api.admin.get("/v1/events", headers={"Last-Event-ID": value}), 400
     )
+
+
+# Digits that `str.isdigit` accepts and `int` refuses or chokes on: a superscript two, an
+# Arabic-Indic three, fullwidth digits, 5,000 ASCII digits, one past SQLite's largest integer.
+NOT_ASCII_NUMBERS = {
+    "superscript": b"\xb2",
+    "arabic-indic": "\u0663".encode(),
+    "fullwidth": "\uff11\uff12".encode(),
+    "5000 digits": b"7" * 5000,
+    "20 digits": b"9" * 20,
+    "past 2**63-1": str(2**63).encode(),
+}
+
+
+def tracebacks(daemon: Daemon) -> int:
+    return daemon.log().count("Traceback")
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_NUMBERS.values(), ids=NOT_ASCII_NUMBERS.keys())
+def test_a_dashboard_cookie_whose_time_is_not_ascii_digits_is_a_400_on_every_checked_route(
+    api: Api, value: bytes
+) -> None:
+    before = tracebacks(api.daemon)
+    cookie = {"Cookie": b"debugregd_admin=" + value + b".abc"}
+    body = {"name": "cookie", "ttl_s": 60}
+    for send in (
+        lambda: api.anon.post("/v1/sessions", json=body, headers=cookie),
+        lambda: api.anon.get("/v1/allocations", headers=cookie),
+        lambda: api.anon.get("/v1/auth/me", headers=cookie),
+    ):
+        problem = assert_rejected_unchanged(api, send, 400)
+        assert "debugregd_admin" in problem["detail"]
+    assert tracebacks(api.daemon) == before
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_NUMBERS.values(), ids=NOT_ASCII_NUMBERS.keys())
+def test_a_last_event_id_that_is_not_ascii_digits_is_a_400_on_both_streams(
+    api: Api, session: Session, value: bytes
+) -> None:
+    before = tracebacks(api.daemon)
+    header = {"Last-Event-ID": value}
+    for send in (
+        lambda: api.admin.get("/v1/events", headers=header),
+        lambda: session.http.get(f"/v1/sessions/{session.id}/events", headers=header),
+    ):
+        problem = assert_rejected_unchanged(api, send, 400)
+        assert "Last-Event-ID" in problem["detail"]
+    assert tracebacks(api.daemon) == before
+
+
+def test_a_since_beyond_the_largest_event_id_is_a_problem(api: Api) -> None:
+    assert_rejected_unchanged(api, lambda: api.admin.get(f"/v1/events?since={2**63}"), 422)
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1.5"])

@@ -134,8 +134,8 @@ def test_the_cli_allocates_streams_an_eviction_and_releases_over_https(
     )
     assert made.returncode == OK, made.stderr
     kept = json.loads(made.stdout)["allocation"]
-    with Client(daemon.url, ca=pki.ca) as anyone:
-        since = anyone.health().event_id
+    with Client(daemon.url, ca=pki.ca, admin_key=daemon.admin_key) as admin:
+        since = admin.state().event_id
 
     # The stream resumes after `since`, so the eviction below reaches it whether or not the
     # stream connected first; it ends after one event.

@@ -45,7 +45,7 @@ async def call(
     on_send: Callable[[Message], None] = lambda message: None,
 ) -> tuple[int, dict[str, Any], list[Message]]:
     """One request through the ASGI app: its status, its JSON body and every message sent."""
-    headers = [(b"content-type", b"application/json"), (b"host", b"test")]
+    headers = [(b"content-type", b"application/json"), (b"host", b"127.0.0.1:8765")]
     if token is not None:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     scope = {

@@ -3,6 +3,7 @@ event, pruned by whole batches, and migrated from the first layout (one row each
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -143,3 +144,53 @@ def test_while_the_daemon_has_its_journal_open_no_other_connection_reads_or_writ
     journal.close()
     with sqlite3.connect(tmp_path / "j.sqlite3") as db:  # closed: anyone may read it
         assert db.execute("SELECT count(*) FROM event_batches").fetchone()[0] == 1
+
+
+def test_tokens_an_older_layout_kept_in_idempotent_answers_are_erased_from_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite3"
+    Journal(path).close()
+    kept, anonymous = "drt_" + "k" * 43, "drt_" + "a" * 43
+    with sqlite3.connect(path) as db:  # layout 2 stored whole session-open answers
+        db.execute("PRAGMA user_version=2")
+        answers = [
+            ("admin:/v1/sessions:k1", {"id": "s1", "name": "n", "token": kept}),
+            ("anonymous:/v1/sessions:k2", {"id": "s2", "name": "n", "token": anonymous}),
+            ("s1:/v1/allocations:k3", {"id": "a1", "state": "installed"}),
+        ]
+        db.executemany(
+            "INSERT INTO idempotency VALUES (?, 201, ?, 1.0)",
+            [(k, json.dumps({"fingerprint": "f", "response": r})) for k, r in answers],
+        )
+    db.close()
+
+    journal = Journal(path)
+    stored = {k: json.loads(body)["response"] for k, _, body, _ in journal.idempotent_responses()}
+    journal.close()
+    assert stored == {
+        "admin:/v1/sessions:k1": {"id": "s1", "name": "n"},  # answered again with a new token
+        "s1:/v1/allocations:k3": {"id": "a1", "state": "installed"},
+    }
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert kept.encode() not in on_disk and anonymous.encode() not in on_disk
+
+
+def test_a_commit_the_disk_cannot_hold_fails_with_the_real_cause_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.db.execute("PRAGMA max_page_count=40")  # a disk that fills after a few commits
+    written = 0
+    with pytest.raises(sqlite3.OperationalError) as failed:
+        for n in range(1, 1000):
+            write(journal, [{"op": "tick", "pad": "x" * 2000}], [event(n, label="y" * 2000)])
+            written = n
+    # SQLite rolled the transaction back itself; a second ROLLBACK must not replace the cause
+    # with "cannot rollback - no transaction is active".
+    assert failed.value.sqlite_errorname == "SQLITE_FULL", failed.value
+    assert "disk is full" in str(failed.value)
+    assert written > 0 and not journal.db.in_transaction
+    assert [n for n, _ in journal.commands_after(0)] == list(range(1, written + 1))
+    assert journal.last_seq == written
+    journal.close(merge=False)

@@ -111,7 +111,9 @@ def test_a_write_to_a_watched_word_is_reported_as_a_hit(
         )
         assert response.status_code == 201, response.text
         alloc = response.json()
-        since = http.get("/healthz").json()["event_id"]
+        since = http.get("/v1/allocations", headers={"Authorization": f"Bearer {token}"}).json()[
+            "event_id"
+        ]
     poke(proc)
     hit = first_event(daemon, session, token, since, lambda e: e["type"] == "hit")
     assert hit["allocation"]["id"] == alloc["id"]  # type: ignore[index]

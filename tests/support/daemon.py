@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -40,11 +41,13 @@ class Daemon:
         admin_key: str = "test-admin-key",
         tls: Pki | None = None,
         mutual: bool = False,
+        open_files: int | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.tls = tls
         self.args = [*(tls.server_args(mutual=mutual) if tls else ()), *args]
         self.admin_key = admin_key
+        self.open_files = open_files  # RLIMIT_NOFILE (soft and hard) for the daemon, if given
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -64,9 +67,15 @@ class Daemon:
             *self.args,
         ]
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limit
+        )
         self.wait_ready()
         return self
+
+    def _limit(self) -> None:
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def wait_ready(self) -> None:
         """Poll /healthz until the daemon answers (or fail with its log)."""

@@ -189,9 +189,13 @@ class Client:
         return ok
 
     async def event_id(self) -> int | None:
-        """The daemon's current event id (GET /healthz), where a new stream starts."""
+        """The committed event id this session's allocation list is consistent with, where a
+        new stream starts (/healthz says only ok or not)."""
+        assert self.session_id is not None
+        path = f"/v1/allocations?session={self.session_id}&limit=1"
+        headers = {"Authorization": f"Bearer {self.token}"}
         try:
-            status, content = await self.api.engine.request("GET", "/healthz", {}, None)
+            status, content = await self.api.engine.request("GET", path, headers, None)
             return int(json.loads(content)["event_id"]) if status == 200 else None
         except (TransportError, ValueError, KeyError):
             return None

@@ -15,7 +15,7 @@ from typing import IO
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from debugregd import __version__
+from debugregd import __version__, recovery
 from debugregd.api import (
     admin,
     allocations,
@@ -33,6 +33,7 @@ from debugregd.config import Settings
 from debugregd.core import Arbiter, make_profile
 from debugregd.hub import EventHub
 from debugregd.metrics import Metrics
+from debugregd.recovery import Opened
 from debugregd.runtime import Runtime
 from debugregd.store.journal import Journal, LayoutError
 
@@ -54,10 +55,25 @@ def host_config(settings: Settings) -> dict[str, object]:
     }
 
 
+def protect_state_dir(state_dir: Path) -> None:
+    """The state directory and any directory in it 0700, its files 0600, whoever made them (a
+    Kubernetes hostPath is made 0755, an older daemon made its journal 0644)."""
+    for where, dirs, files in os.walk(state_dir):
+        for name, mode in [("", 0o700), *((d, 0o700) for d in dirs), *((f, 0o600) for f in files)]:
+            path = Path(where, name)
+            try:
+                if not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+                    path.chmod(mode)
+            except OSError as exc:
+                log.warning("cannot make %s mode %o: %s", path, mode, exc)
+
+
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """One writer per state directory: a second daemon (or a second worker) refuses to start."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = (state_dir / "debugregd.lock").open("a+")
+    protect_state_dir(state_dir)
+    fd = os.open(state_dir / "debugregd.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    handle = os.fdopen(fd, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -102,22 +118,26 @@ def check_debugger_settings(settings: Settings) -> None:
         )
 
 
-def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
-    try:
-        journal = Journal(settings.state_dir / "journal.sqlite3", synchronous=settings.synchronous)
-    except LayoutError as exc:
-        raise StartupError(str(exc)) from None
-    wanted = host_config(settings)
-    stored = journal.meta("host")
-    if stored is None:
-        journal.set_meta("host", json.dumps(wanted, sort_keys=True))
-    elif json.loads(stored) != wanted:
-        journal.close()
-        raise StartupError(
-            f"the journal in {settings.state_dir} was written for host {stored}, but this start "
-            f"asks for {json.dumps(wanted, sort_keys=True)}; start with the same --profile, "
-            "--cpus, --pools and --mode-switching, or use a new --state-dir"
-        )
+def open_journal(settings: Settings) -> Opened:
+    """The journal, checked for damage (repaired with `settings.recover`), and the arbiter it
+    rebuilds. Raises StartupError or JournalDamaged, each one line saying what to do."""
+
+    def same_host(journal: Journal) -> None:
+        wanted = host_config(settings)
+        stored = journal.meta("host")
+        if stored is None:
+            journal.set_meta("host", json.dumps(wanted, sort_keys=True))
+            return
+        try:
+            written_for = json.loads(stored)
+        except ValueError:
+            written_for = None
+        if written_for != wanted:
+            raise StartupError(
+                f"the journal in {settings.state_dir} was written for host {stored}, but this "
+                f"start asks for {json.dumps(wanted, sort_keys=True)}; start with the same "
+                "--profile, --cpus, --pools and --mode-switching, or use a new --state-dir"
+            )
 
     def fresh() -> Arbiter:
         return Arbiter(
@@ -127,13 +147,30 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
             history=settings.history,
         )
 
-    arbiter, replayed = Runtime.recover(journal, fresh)
+    try:
+        opened = recovery.open_journal(
+            settings.state_dir / "journal.sqlite3",
+            fresh,
+            synchronous=settings.synchronous,
+            recover=settings.recover,
+            check=same_host,
+        )
+    except LayoutError as exc:
+        raise StartupError(str(exc)) from None
     log.info(
         "recovered %d sessions, %d live allocations (%d commands replayed)",
-        len(arbiter.sessions),
-        len(arbiter.allocations),
-        replayed,
+        len(opened.arbiter.sessions),
+        len(opened.arbiter.allocations),
+        opened.replayed,
     )
+    return opened
+
+
+def open_runtime(settings: Settings, metrics: Metrics, opened: Opened | None = None) -> Runtime:
+    """The runtime around `opened` (or the journal `open_journal` opens now)."""
+    if opened is None:
+        opened = open_journal(settings)
+    arbiter, journal = opened.arbiter, opened.journal
     hub = EventHub(buffer=settings.sse_buffer)
     try:
         backend = open_backend(settings)
@@ -156,16 +193,22 @@ def open_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     return runtime
 
 
-def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) -> DaemonApp:
-    """The daemon's ASGI app. Its lifespan opens the journal and owns the runtime; `lock` is the
-    state directory's lock when the caller already holds it."""
+def create_app(
+    settings: Settings,
+    admin_key: str,
+    lock: IO[str] | None = None,
+    opened: Opened | None = None,
+) -> DaemonApp:
+    """The daemon's ASGI app. Its lifespan owns the runtime, around `opened` if the caller has
+    opened the journal already (`open_journal`), else around the journal it opens; `lock` is
+    the state directory's lock when the caller already holds it."""
     daemon = Daemon(settings, admin_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         held = lock or lock_state_dir(settings.state_dir)
         metrics = Metrics()
-        runtime = open_runtime(settings, metrics)
+        runtime = open_runtime(settings, metrics, opened)
         daemon.runtime = runtime
         # Fail-stop: a journal that cannot commit ends the process; a restart replays it.
         runtime.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)
@@ -174,6 +217,7 @@ def create_app(settings: Settings, admin_key: str, lock: IO[str] | None = None) 
         try:
             yield
         finally:
+            daemon.stopping = True
             metrics.up.set(0)
             await runtime.stop()
             if lock is None:

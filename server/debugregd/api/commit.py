@@ -17,7 +17,7 @@ import asyncio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from debugregd.api.errors import problem
+from debugregd.api.errors import journal_failed
 
 COMMITS = "debugregd.commits"  # the scope key: this request's commits, to wait for at the edge
 
@@ -51,14 +51,7 @@ async def answer_after_commit(app: ASGIApp, scope: Scope, receive: Receive, send
         for committed in commits:
             await committed
     except Exception:  # the journal failed: the runtime logged it and stops the daemon
-        response = problem(
-            503,
-            "journal-failed",
-            "Journal failed",
-            "the journal could not commit this change, so it was not made; the daemon is "
-            "stopping (its log says why), and a restart recovers everything committed before",
-        )
-        await response(scope, receive, send)
+        await journal_failed()(scope, receive, send)
         return
     for message in held:
         await send(message)

@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 from starlette.types import Receive, Scope, Send
 
 from debugregd.api import commit, inputs
-from debugregd.api.errors import Problem, unauthorized
+from debugregd.api.errors import Problem, journal_failed, unauthorized
+from debugregd.api.hosts import ANY_NAME, HostAllowlist, host_header
 from debugregd.config import Settings
 from debugregd.core import Arbiter, Session
 from debugregd.runtime import Runtime
@@ -28,9 +29,11 @@ class Daemon:
     settings: Settings
     admin_key: str
     runtime: Runtime | None = None
+    stopping: bool = False  # shutdown has begun: /healthz says so
 
     def __post_init__(self) -> None:
         self.admin_key_bytes = self.admin_key.encode()
+        self.hosts = HostAllowlist.for_bind(self.settings.host, self.settings.allowed_hosts)
 
     @property
     def rt(self) -> Runtime:
@@ -48,10 +51,13 @@ class Daemon:
         return f"{issued}.{mac.hexdigest()}"
 
     def cookie_valid(self, value: str, now: float) -> bool:
+        """Whether `value` is a dashboard cookie this key issued less than COOKIE_TTL_S ago;
+        a 400 problem when it is not even shaped like one."""
         issued_text, _, _ = value.partition(".")
-        if not issued_text.isdigit() or now - int(issued_text) > COOKIE_TTL_S:
+        issued = inputs.number(issued_text, f"the time in the {COOKIE} cookie (sign in again)")
+        if now - issued > COOKIE_TTL_S:
             return False
-        return hmac.compare_digest(value, self.cookie_for(int(issued_text)))
+        return hmac.compare_digest(value, self.cookie_for(issued))
 
 
 class DaemonApp(FastAPI):
@@ -63,6 +69,16 @@ class DaemonApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            hosts = self.daemon.hosts
+            host = host_header(scope["headers"])
+            if not hosts.allows(host) and scope["path"] not in ANY_NAME:
+                assert host is not None
+                await hosts.refusal(host)(scope, receive, send)
+                return
+            runtime = self.daemon.runtime
+            if runtime is not None and runtime.failed is not None:
+                await journal_failed()(scope, receive, send)
+                return
             await commit.answer_after_commit(super().__call__, scope, receive, send)
         else:
             await super().__call__(scope, receive, send)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from debugregd.api.responses import Json
 from debugregd.core import (
@@ -23,6 +24,7 @@ from debugregd.core import (
     Refused,
 )
 from debugregd.core.errors import KernelRefused, Unavailable
+from debugregd.runtime import JournalFailed
 
 log = logging.getLogger("debugregd.api")
 
@@ -67,6 +69,21 @@ def problem(
     body = {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail}
     body.update(extra)
     return Json(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def journal_failed() -> Json:
+    """The answer to every request once the journal could not commit: the daemon is stopping,
+    and its state holds changes that were never journaled, so nothing is read from it either.
+    `Connection: close`, so no client sends another request down a connection about to go."""
+    return problem(
+        503,
+        "journal-failed",
+        "Journal failed",
+        "the journal could not commit, so this change was not made (nor any since its last "
+        "commit); the daemon is stopping (its log says why), and a restart recovers everything "
+        "committed before",
+        {"Connection": "close"},
+    )
 
 
 def unauthorized(detail: str) -> Problem:
@@ -125,6 +142,15 @@ async def _http(request: Request, exc: Exception) -> Json:
     )
 
 
+async def _disconnected(request: Request, exc: Exception) -> Json:
+    # The client went, or its request body was too late (connections.py): nobody reads this.
+    return problem(400, "client-disconnected", "Client disconnected", "the request body was cut")
+
+
+async def _journal_failed(request: Request, exc: Exception) -> Json:
+    return journal_failed()
+
+
 async def _unexpected(request: Request, exc: Exception) -> Json:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return problem(500, "internal", "Internal error", "the daemon failed; see its log")
@@ -135,4 +161,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(JournalFailed, _journal_failed)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)

@@ -16,8 +16,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from debugregd import wire
+from debugregd.api import inputs
 from debugregd.api.context import Daemon, admin_of, daemon_of, session_of
-from debugregd.api.errors import Problem
 from debugregd.api.sessions import owned
 from debugregd.store.journal import StoredEvent
 
@@ -27,19 +27,12 @@ PAGE = 1000
 
 def resume_from(since: int | None, last_event_id: str | None) -> int | None:
     """Where a stream resumes: `?since=` or the `Last-Event-ID` header (checked before the
-    stream starts, so a bad value is a 422, not a broken stream)."""
+    stream starts, so a bad value is a 4xx problem, not a broken stream)."""
     if since is not None:
         return since
     if last_event_id is None or not last_event_id.strip():
         return None
-    if not last_event_id.strip().isdigit():
-        raise Problem(
-            422,
-            "invalid-request",
-            "Invalid request",
-            "Last-Event-ID must be an event id (an integer)",
-        )
-    return int(last_event_id)
+    return inputs.number(last_event_id, "Last-Event-ID (an event id)")
 
 
 def _sse(ev: StoredEvent) -> bytes:
@@ -115,7 +108,7 @@ def respond(d: Daemon, since: int | None, session: str | None) -> EventSourceRes
     )
 
 
-SINCE = Query(ge=0, description="resume after this event id")
+SINCE = Query(ge=0, le=inputs.NUMBER_MAX, description="resume after this event id")
 # What the generator form of a FastAPI SSE route documents: one item per event (OpenAPI 3.2).
 STREAM: dict[int | str, dict[str, Any]] = {
     200: {

@@ -1,4 +1,11 @@
-"""`Idempotency-Key`: a retried POST returns the first answer and changes nothing twice."""
+"""`Idempotency-Key`: a retried POST returns the first answer and changes nothing twice.
+
+Keys are scoped by who asks: the admin, or a session by its id. A caller without a credential
+has no identity to scope by (on loopback every local user is 127.0.0.1, and a retry comes over a
+new connection from a new port), so its key is not honoured: two such callers could otherwise
+be handed one answer. The journal keeps what a route allows at rest (`at_rest`); a retry's
+answer is rebuilt from it (`replayed`), so a session token never has to be stored.
+"""
 
 from __future__ import annotations
 
@@ -18,35 +25,54 @@ from debugregd.api.errors import Problem
 from debugregd.api.responses import Json
 
 Produce = Callable[[], tuple[int, dict[str, Any], asyncio.Future[None]]]
+# The answer to a retry, from the stored first answer, and the commit of what rebuilding it changed.
+Replay = Callable[[dict[str, Any]], tuple[dict[str, Any], asyncio.Future[None] | None]]
+
+
+def _same(answer: dict[str, Any]) -> dict[str, Any]:
+    return answer
+
+
+def _as_stored(answer: dict[str, Any]) -> tuple[dict[str, Any], None]:
+    return answer, None
 
 
 def fingerprint(body: BaseModel) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
-def _scope(who: Caller, path: str, key: str) -> str:
-    identity = "admin" if who.admin else (who.session_id or "anonymous")
-    return f"{identity}:{path}:{key}"
+def _scope(who: Caller, path: str, key: str) -> str | None:
+    """Where `who`'s key lives; None for a caller with no credential, whose keys are ignored."""
+    identity = "admin" if who.admin else who.session_id
+    return None if identity is None else f"{identity}:{path}:{key}"
 
 
 async def respond(
-    request: Request, who: Caller, path: str, key: str | None, body: BaseModel, produce: Produce
+    request: Request,
+    who: Caller,
+    path: str,
+    key: str | None,
+    body: BaseModel,
+    produce: Produce,
+    *,
+    at_rest: Callable[[dict[str, Any]], dict[str, Any]] = _same,
+    replayed: Replay = _as_stored,
 ) -> Json:
-    """Run `produce` once per key; its status and body are journaled with the change itself,
-    and sent once that is committed.
+    """Run `produce` once per key and caller; `at_rest(answer)` is journaled with the change
+    itself, and the answer sent once that is committed. A retry gets `replayed(stored)`.
 
     A key reused with a different `body` is a 422, so a key can never hand one request's
-    answer (a session token, say) to a different request.
+    answer to a different request.
     """
-    if key is None:
-        status, answer, committed = produce()
-        after_commit(request, committed)
-        return Json(answer, status_code=status)
-    if len(key) > 200:
+    if key is not None and len(key) > 200:
         raise Problem(
             422, "invalid-request", "Invalid request", "Idempotency-Key is at most 200 characters"
         )
-    scoped = _scope(who, path, key)
+    scoped = None if key is None else _scope(who, path, key)
+    if scoped is None:
+        status, answer, committed = produce()
+        after_commit(request, committed)
+        return Json(answer, status_code=status)
     print_ = fingerprint(body)
     rt = daemon_of(request).rt
     stored = rt.idempotency.get(scoped)
@@ -61,11 +87,12 @@ async def respond(
                 "key for a new request",
             )
         await rt.barrier()  # the first request's change may still be committing
-        return Json(
-            first["response"], status_code=stored[0], headers={"Idempotent-Replayed": "true"}
-        )
+        answer, reissued = replayed(first["response"])
+        if reissued is not None:
+            after_commit(request, reissued)
+        return Json(answer, status_code=stored[0], headers={"Idempotent-Replayed": "true"})
     status, answer, committed = produce()
-    record = {"fingerprint": print_, "response": answer}
+    record = {"fingerprint": print_, "response": at_rest(answer)}
     rt.remember(scoped, status, wire.dumps(record))
     after_commit(request, committed)
     return Json(answer, status_code=status)

@@ -19,7 +19,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from debugregd.api.errors import Problem
+
 M = TypeVar("M", bound=BaseModel)
+
+# Event ids, sequence numbers and times all fit in SQLite's signed 64-bit integers: 19 digits.
+NUMBER_DIGITS = 19
+NUMBER_MAX = 2**63 - 1
 
 _documented: dict[str, type[BaseModel]] = {}
 
@@ -43,6 +49,32 @@ def header(request: Request, name: bytes) -> str | None:
             text: str = value.decode("latin-1")
             return text
     return None
+
+
+def number(text: str, what: str) -> int:
+    """`text` (a header's or a cookie's) as a non-negative integer, or a 400 problem naming
+    `what`.
+
+    `str.isdigit` also accepts digits `int` refuses (superscripts such as "\u00b2") and `int`
+    spends quadratic time on thousands of digits before refusing them, so only 1 to 19 ASCII
+    digits are read, and nothing else reaches `int`.
+    """
+    digits = text.strip(" \t")
+    if (
+        not 0 < len(digits) <= NUMBER_DIGITS
+        or not digits.isascii()
+        or not digits.isdigit()
+        or int(digits) > NUMBER_MAX
+    ):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise Problem(
+            400,
+            "malformed-number",
+            "Malformed number",
+            f"{what} must be a whole number of at most {NUMBER_DIGITS} ASCII digits "
+            f"(0 to {NUMBER_MAX}), got {shown!r}",
+        )
+    return int(digits)
 
 
 async def body(request: Request, model: type[M]) -> M:

@@ -24,7 +24,13 @@ class BodyLimit:
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            # bytes.isdigit is ASCII only; the length bound keeps `int` from a huge value
+            # (the HTTP parser refuses one beyond 64 bits anyway).
+            if (
+                name == b"content-length"
+                and value.isdigit()
+                and (len(value) > 19 or int(value) > self.limit)
+            ):
                 response = problem(
                     413, "request-body-too-large", "Request body too large", self._detail()
                 )

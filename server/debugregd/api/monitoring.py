@@ -10,16 +10,31 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from debugreg import schema
 from debugregd.api.context import daemon_of
+from debugregd.api.errors import Problem
 
 router = APIRouter(tags=["monitoring"])
 
 
-@router.get("/healthz", response_model=schema.Health, summary="Liveness and readiness")
+@router.get(
+    "/healthz",
+    response_model=schema.Health,
+    responses={503: {"model": schema.Problem, "content": {"application/problem+json": {}}}},
+    summary="Liveness and readiness: ok, or a 503 problem (starting, stopping, journal failed)",
+)
 async def healthz(request: Request) -> dict[str, Any]:
+    # Only ok or not: anyone may ask, so it names no path, id or count.
     d = daemon_of(request)
-    rt = d.rt
-    # The last *published* event: a stream started after it misses nothing.
-    return {"status": "ok", "event_id": rt.hub.published_id, "journal": str(rt.journal.path)}
+    rt = d.rt  # a 503 while the daemon is starting
+    if rt.failed is not None:
+        raise Problem(
+            503,
+            "journal-failed",
+            "Journal failed",
+            "the journal could not commit, so the daemon is stopping; its log names the cause",
+        )
+    if d.stopping:
+        raise Problem(503, "stopping", "Stopping", "the daemon is shutting down; retry later")
+    return {"status": "ok"}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -10,12 +10,32 @@ from fastapi import APIRouter, Header, Request, Response
 
 from debugreg import schema
 from debugregd.api import idempotency
-from debugregd.api.context import Caller, caller_of, daemon_of, session_of
+from debugregd.api.context import Caller, Daemon, caller_of, daemon_of, session_of
+from debugregd.api.errors import Problem
 from debugregd.api.responses import Json
 from debugregd.core import Forbidden, NotFound, Priority, parse_priority
 from debugregd.runtime import token_digest
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+RETRY = (
+    "honoured with the admin key or a session token: a retry returns the same session with a "
+    "new token, which revokes the first (409 once the session closed); ignored without a "
+    "credential, when a retry opens another session and the unanswered one expires"
+)
+
+
+def issue_token(d: Daemon, session_id: str) -> str:
+    """A new token for an open session; it replaces any earlier one once committed."""
+    # The prefix makes tokens recognisable to secret scanners and never starts with "-".
+    token = "drt_" + secrets.token_urlsafe(32)
+    d.rt.add_token(session_id, token_digest(token))
+    return token
+
+
+def without_token(answer: dict[str, Any]) -> dict[str, Any]:
+    """What the journal keeps of a session-open answer: everything but the secret."""
+    return {k: v for k, v in answer.items() if k != "token"}
 
 
 def owned(who: Caller, session_id: str) -> None:
@@ -28,13 +48,17 @@ def owned(who: Caller, session_id: str) -> None:
     "",
     status_code=201,
     response_model=schema.Session,
-    responses={403: {"model": schema.Problem}, 422: {"model": schema.Problem}},
+    responses={
+        403: {"model": schema.Problem},
+        409: {"model": schema.Problem},
+        422: {"model": schema.Problem},
+    },
     summary="Open a session (a lease); grants above the defaults need the admin key",
 )
 async def open_session(
     body: schema.SessionRequest,
     request: Request,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(description=RETRY)] = None,
 ) -> Json:
     d, who = daemon_of(request), caller_of(request)
     top = (
@@ -58,9 +82,7 @@ async def open_session(
                 "allow_kernel": bool(body.allow_kernel),
             }
         )
-        # The prefix makes tokens recognisable to secret scanners and never starts with "-".
-        token = "drt_" + secrets.token_urlsafe(32)
-        d.rt.add_token(session.id, token_digest(token))
+        token = issue_token(d, session.id)
         out = {
             "id": session.id,
             "name": session.name,
@@ -73,7 +95,31 @@ async def open_session(
         }
         return 201, out, committed
 
-    return await idempotency.respond(request, who, "/v1/sessions", idempotency_key, body, produce)
+    def reissue(first: dict[str, Any]) -> tuple[dict[str, Any], asyncio.Future[None]]:
+        # The journal holds no token to send again, and the first answer may never have
+        # arrived: a retry gets the same session with a new token, which revokes the first.
+        session_id = first["id"]
+        if session_id not in d.arbiter.sessions:
+            raise Problem(
+                409,
+                "session-closed",
+                "Session closed",
+                f"the session this Idempotency-Key opened ({session_id}) was closed or expired; "
+                "open a new session with a new key",
+            )
+        _, committed = d.rt.apply({"op": "issue_token", "session": session_id})
+        return {**first, "token": issue_token(d, session_id)}, committed
+
+    return await idempotency.respond(
+        request,
+        who,
+        "/v1/sessions",
+        idempotency_key,
+        body,
+        produce,
+        at_rest=without_token,
+        replayed=reissue,
+    )
 
 
 @router.get("", response_model=list[schema.SessionInfo], summary="Every open session (admin)")

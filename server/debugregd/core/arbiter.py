@@ -642,9 +642,13 @@ class Arbiter:
         self, budget: PoolBudget, measured: Measurement
     ) -> list[tuple[OutsideTarget, int, int]]:
         """Each measured target's outside holder: (target, measured, held). Measured is what
-        users outside hold there, beyond a task's reservations (its debugger arms them through
-        ptrace, so the kernel shows them as held outside); held is as much of it as keeps every
-        CPU's register file within its slots."""
+        users outside hold there; held is as much of it as keeps every CPU's register file
+        within its slots.
+
+        A reservation's debugger arms its registers through ptrace, so once it has, the kernel
+        shows them as held outside too: they are counted twice while it holds them, and the
+        cap absorbs what does not fit. Subtracting them instead would count too few whenever
+        the debugger has not written them yet, and give its room away before it takes it."""
         slots = budget.slots
         out: list[tuple[OutsideTarget, int, int]] = []
         held = {
@@ -658,12 +662,6 @@ class Arbiter:
             cpu_held[c] = held[c] + counted  # the CPU holders just measured count for tasks
         for tid, n in sorted(measured.tasks.items()):
             mine = self._outside_of(budget.name, ("task", tid))[1]
-            lists = budget.task_wps.get(tid, {})
-            reserved = max(
-                (sum(wp.weight for wp in wps if _reservation(wp)) for wps in lists.values()),
-                default=0,
-            )
-            n = max(0, n - reserved)
             room = slots - max(
                 cpu_held[c] + budget.task_count(tid, c) - mine for c in self.all_cpus
             )
@@ -1452,11 +1450,6 @@ def _alloc_from_state(item: dict[str, Any]) -> Allocation:
     alloc.updated_at = item["updated_at"]
     alloc.reason = item["reason"]
     return alloc
-
-
-def _reservation(wp: Watchpoint) -> bool:
-    """A watchpoint its holder arms itself (a debugger through ptrace)."""
-    return wp.outside is None and not wp.armed
 
 
 def _target_of(target: OutsideTarget) -> dict[str, Any]:

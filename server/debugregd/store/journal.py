@@ -12,8 +12,13 @@ set `synchronous="FULL"` to survive power loss too, at the cost of an fsync per 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import re
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +26,9 @@ from typing import Any, NamedTuple
 
 from debugregd import wire
 
-SCHEMA_VERSION = 2  # SQLite's user_version; 0 is the first layout, one row per command and event
+log = logging.getLogger("debugregd")
+
+SCHEMA_VERSION = 3  # SQLite's user_version; 0 is the first layout, one row per command and event
 
 # One group commit writes one row to `commands` and one to `event_batches`: a row's SQLite cost
 # (a B-tree insert now, a delete at pruning) is paid per batch, not per command and per event.
@@ -53,6 +60,83 @@ INSERT INTO event_batches
     SELECT id, id, json_array(json_array(id, type, session)), body FROM events ORDER BY id;
 DROP TABLE events;
 """
+
+
+# From layouts 0-2, which kept session tokens in the idempotent answers to session opens, and
+# answered anonymous callers' keys (no longer honoured). Run with secure_delete on, so the old
+# text is overwritten rather than left in free space.
+FORGET_TOKENS = """
+DELETE FROM idempotency WHERE key LIKE 'anonymous:%';
+UPDATE idempotency SET body = json_remove(body, '$.response.token')
+    WHERE json_type(body, '$.response.token') IS NOT NULL;
+"""
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Undo a failed transaction without hiding why it failed: after some errors (a full disk
+    among them) SQLite has already rolled back, and a ROLLBACK would raise "cannot rollback -
+    no transaction is active" in place of the real cause."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def committed_path(journal: Path) -> Path:
+    """Where the journal at `journal` records its last commit: journal.committed."""
+    return journal.with_suffix(".committed")
+
+
+def wal_path(journal: Path) -> Path:
+    return journal.with_name(journal.name + "-wal")
+
+
+class MarkUnreadable(ValueError):
+    """The commit mark holds something this version did not write."""
+
+
+MARK = re.compile(rb"seq=(\d{20}) event=(\d{20}) crc=([0-9a-f]{8})\n")
+
+
+class CommitMark:
+    """The last command and event the journal committed, in a file beside it that SQLite
+    cannot lose without a trace.
+
+    SQLite opens a journal whose WAL was deleted as if nothing had been committed since the last
+    checkpoint, and recovers a WAL by keeping the frames before the first whose checksum fails:
+    commits vanish without an error. This file is overwritten in place after every commit (one
+    `pwrite` of 65 bytes, no fsync: it survives a killed process like the WAL does; after a
+    power loss it may lag the WAL, never lead it when synchronous=FULL), so a journal that ends
+    before it has lost commits. Its CRC tells a torn or foreign file from a record.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def read(self) -> tuple[int, int] | None:
+        """(command seq, event id) last recorded; None before the first commit."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if not data:
+            return None
+        found = MARK.fullmatch(data)
+        if found is None or zlib.crc32(data[: data.rindex(b" crc=")]) != int(found[3], 16):
+            raise MarkUnreadable(f"{self.path} does not hold a commit record: {data[:80]!r}")
+        return int(found[1]), int(found[2])
+
+    def write(self, seq: int, event: int) -> None:
+        """Record a commit; raises OSError."""
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        head = b"seq=%020d event=%020d" % (seq, event)
+        os.pwrite(self._fd, head + b" crc=%08x\n" % zlib.crc32(head), 0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class LayoutError(RuntimeError):
@@ -91,6 +175,8 @@ class Journal:
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         self.path = path
+        # Created 0600 whatever the umask; SQLite gives its WAL the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
         # Only this daemon opens its journal (it holds the state directory's lock), so SQLite
         # may too: in exclusive mode the WAL index lives in this process's memory, and a commit
@@ -104,12 +190,23 @@ class Journal:
         except BaseException:
             self.db.close()  # and its lock: the file stays as it was, for the version that reads it
             raise
+        self.mark = CommitMark(committed_path(path))
+        self._mark_failed = False
+        self._count()
+
+    def _count(self) -> None:
         row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM commands").fetchone()
         snap = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM snapshots").fetchone()
         self.last_seq = max(int(row[0]), int(snap[0]))
+        event = self.db.execute("SELECT COALESCE(MAX(last), 0) FROM event_batches").fetchone()
+        self.last_event = int(event[0])
 
     def _migrate(self) -> None:
         db = self.db
+        forget = int(db.execute("PRAGMA user_version").fetchone()[0]) < 3
+        secure_delete = int(db.execute("PRAGMA secure_delete").fetchone()[0])
+        if forget:
+            db.execute("PRAGMA secure_delete=ON")  # often the build's default already
         db.execute("BEGIN IMMEDIATE")
         try:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -126,11 +223,19 @@ class Journal:
                 for statement in MIGRATE_FROM_0.split(";"):
                     if statement.strip():
                         db.execute(statement)
+            if forget:
+                for statement in FORGET_TOKENS.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
+        if forget:
+            db.execute(f"PRAGMA secure_delete={secure_delete}")
+            # The frames written before hold the old text: into the file, and out of the WAL.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reading, at start
 
@@ -140,6 +245,33 @@ class Journal:
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def snapshot_seq(self) -> int:
+        """The command the latest snapshot covers up to; 0 without one."""
+        row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM snapshots").fetchone()
+        return int(row[0])
+
+    def command_rows(self, seq: int) -> Iterator[tuple[int, str]]:
+        """The commits after command `seq`, undecoded: (last command's seq, JSON array)."""
+        cursor = self.db.execute(
+            "SELECT seq, body FROM commands WHERE seq > ? ORDER BY seq", (seq,)
+        )
+        for last, body in cursor:
+            yield int(last), str(body)
+
+    def event_index(self) -> list[tuple[int, int, bool]]:
+        """Each commit's events, in order: (first id, last id, whether its heads and bodies
+        are well formed)."""
+        rows = self.db.execute(
+            """SELECT first, last,
+                   CASE WHEN json_valid(heads)
+                       THEN json_array_length(heads) = last - first + 1
+                           AND length(bodies) - length(replace(bodies, char(10), ''))
+                               = last - first
+                       ELSE 0 END
+               FROM event_batches ORDER BY last"""
+        )
+        return [(int(f), int(la), bool(ok)) for f, la, ok in rows]
 
     def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
         row = self.db.execute(
@@ -227,9 +359,22 @@ class Journal:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
-        self.last_seq += len(batch.commands)
+        if batch.commands:
+            self.last_seq += len(batch.commands)
+            if batch.events:
+                self.last_event = batch.events[-1].id
+            self.mark_committed()
+
+    def mark_committed(self) -> None:
+        """Record in the commit mark how far the journal goes now."""
+        try:
+            self.mark.write(self.last_seq, self.last_event)
+        except OSError as exc:  # a mark that lags only weakens the check at start
+            if not self._mark_failed:
+                self._mark_failed = True
+                log.warning("cannot record the last commit in %s: %s", self.mark.path, exc)
 
     def write_snapshot(self, event_id: int, snapshot: dict[str, Any]) -> None:
         """Store a snapshot covering every command so far and drop those commands."""
@@ -244,7 +389,7 @@ class Journal:
             db.execute("DELETE FROM commands WHERE seq <= ?", (self.last_seq,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
 
     def prune(self, keep_events: int, idempotency_before: float) -> None:
@@ -256,6 +401,52 @@ class Journal:
         )
         self.db.execute("DELETE FROM idempotency WHERE created_at < ?", (idempotency_before,))
 
-    def close(self) -> None:
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.close()
+    # -- repair, for --recover (recovery.py)
+
+    def cut(self, seq: int, event_id: int, sessions: set[str]) -> tuple[int, int]:
+        """Drop the commands after `seq` and the events after `event_id`, the tokens of
+        sessions not in `sessions`, and every idempotent answer (they may name what was
+        dropped). Returns how many tokens and answers were dropped."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM commands WHERE seq > ?", (seq,))
+            db.execute("DELETE FROM event_batches WHERE last > ?", (event_id,))
+            held = [s for (s,) in db.execute("SELECT session FROM tokens")]
+            gone = [s for s in held if s not in sessions]
+            db.executemany("DELETE FROM tokens WHERE session = ?", [(s,) for s in gone])
+            answers = int(db.execute("SELECT count(*) FROM idempotency").fetchone()[0])
+            db.execute("DELETE FROM idempotency")
+            db.execute("COMMIT")
+        except BaseException:
+            _roll_back(db)
+            raise
+        self._count()
+        return len(gone), answers
+
+    def drop_events(self, through: int | None = None) -> None:
+        """Drop the event history up to and including event `through` (all of it: None)."""
+        if through is None:
+            self.db.execute("DELETE FROM event_batches")
+        else:
+            self.db.execute("DELETE FROM event_batches WHERE last <= ?", (through,))
+        self._count()
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the journal at `target` (mode 0600)."""
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        copy = sqlite3.connect(target)
+        try:
+            self.db.backup(copy)
+        finally:
+            copy.close()
+
+    def close(self, *, merge: bool = True) -> None:
+        """Close, merging the WAL into the database file first unless `merge` is False (the
+        WAL keeps its commits either way: the next open merges them)."""
+        try:
+            if merge:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.db.close()
+            self.mark.close()
