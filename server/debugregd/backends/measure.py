@@ -7,8 +7,8 @@ three kinds of room worth measuring, each telling one kind of holder apart:
 
 - a task that holds nothing (the daemon's own thread) on CPU c has `slots - cpu_pinned(c)`: the
   CPU-wide holders of c, and nothing else;
-- task t has `slots - max over c of (cpu_pinned(c) + task_pinned(t, c))`: its own holders, once
-  the CPU-wide ones are known;
+- task t on CPU c has `slots - cpu_pinned(c) - task_pinned(t, c)`: its own holders there, once
+  the CPU-wide ones are known (a task's record counts where it holds the most);
 - one more CPU-wide breakpoint on c has `slots - cpu_pinned(c) - max over tasks of
   task_pinned(task, c)`: the fullest task there.
 

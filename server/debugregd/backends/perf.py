@@ -274,8 +274,10 @@ class PerfBackend:
         me = threading.get_native_id()
         free.idle = {c: self._free_room(pool, me, c) for c in sorted(cpus)}
         for tid in sorted(want.tasks):
+            # CPU by CPU: what users outside hold on a task may differ between CPUs (a
+            # breakpoint bound to one), and its record counts where it holds the most.
             try:
-                free.tasks[tid] = {ALL_CPUS: self._free_room(pool, tid, ALL_CPUS)}
+                free.tasks[tid] = {c: self._free_room(pool, tid, c) for c in range(self.ncpus)}
             except PerfEventError as exc:
                 if exc.errno != errno.ESRCH:
                     raise  # a task that exited holds nothing: not measured

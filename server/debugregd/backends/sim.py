@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from debugregd.backends.base import Hit, Targets
-from debugregd.backends.measure import ALL_CPUS, Armed, FreeRoom, outside_holders
+from debugregd.backends.measure import Armed, FreeRoom, outside_holders
 from debugregd.core.kernel import NO_TASK, Answer, Measurement, NoRoom, Rejected
 from debugregd.core.model import Watchpoint
 from debugregd.core.profiles import Profile, x86_64
@@ -160,7 +160,7 @@ class SimBackend:
             for tid in sorted(want.tasks):
                 if tid in self.exited:
                     continue
-                free.tasks[tid] = {ALL_CPUS: min(regs.free(tid, c) for c in range(self.ncpus))}
+                free.tasks[tid] = {c: regs.free(tid, c) for c in range(self.ncpus)}
             free.cpu_wide = {c: regs.free(None, c) for c in sorted(want.others)}
             out.append(outside_holders(budget, regs.slots, self._mine[budget], free))
         return out
