@@ -262,6 +262,37 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_hits(client: Client, args: argparse.Namespace) -> int:
+    """Follow one allocation's hits: a live table of its call sites (or a JSON line per report)."""
+    record = client.allocation(args.id)
+    session = args.session or record.session or os.environ.get("DEBUGREG_SESSION")
+    if client.admin_key is None and session is None:
+        raise UsageError("following hits with a session token needs the session id: --session")
+    table = render.HitTable(record)
+    seen = 0
+    live = None if args.json else render.live(table.render())
+    try:
+        for event in client.events(args.since, session=None if client.admin_key else session):
+            report = event.hit
+            if report is None or event.allocation is None or event.allocation.id != args.id:
+                continue
+            seen += 1
+            if args.json:
+                _out(render.to_json(event))
+            else:
+                table.add(event.at, report)
+                if live is not None:
+                    live.update(table.render(), refresh=True)
+            if args.count is not None and seen >= args.count:
+                break
+    finally:
+        if live is not None:
+            live.stop()
+        elif not args.json:
+            _out(render.console_text(table.render()))
+    return OK
+
+
 def cmd_state(client: Client, args: argparse.Namespace) -> int:
     snap = client.state()
     if args.json:
@@ -501,6 +532,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=int, help="replay from after this event id")
     p.add_argument("--session", help="only this session's events (env DEBUGREG_SESSION)")
     p.add_argument("--count", type=int, help="exit after this many events")
+
+    p = command(
+        "hits",
+        cmd_hits,
+        "follow an allocation's hits: a live table of the call sites that touched it",
+    )
+    p.add_argument("id", help="the allocation")
+    p.add_argument("--since", type=int, help="include the hits reported after this event id")
+    p.add_argument("--session", help="its session, when following with a session token")
+    p.add_argument("--count", type=int, help="exit after this many hit reports")
 
     command("state", cmd_state, "the whole state: sessions, allocations, registers (admin)")
     command("host", cmd_host, "the host's profile, CPUs and pools")

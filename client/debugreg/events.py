@@ -131,9 +131,10 @@ class Feed:
         """After `reset`: the events that bring a reader from what it knew to `baseline`.
 
         Returns the reset event itself first, then one synthesized event per change (each has
-        `reconciled: true` and the reset's id): an allocation that is gone or terminal gets its
-        terminal event (`evicted` when the daemon no longer knows it), one that was evicted and
-        reinstalled gets both, one whose registers changed gets `moved`, a new one `installed`
+        `reconciled: true` and the reset's id): an allocation hit meanwhile gets a `hit` with the
+        count it missed (no call sites: those were in the events lost), one that is gone or
+        terminal its terminal event (`evicted` when the daemon no longer knows it), one that was
+        evicted and reinstalled both, one whose registers changed `moved`, a new one `installed`
         or `waiting`.
         """
         now = {a.id: a for a in baseline.allocations}
@@ -203,7 +204,23 @@ def _synthesize(reset: Event, type_: str, alloc: Allocation, **extra: Any) -> Ev
 
 
 def _lost_changes(reset: Event, old: Allocation, new: Allocation | None) -> list[Event]:
-    """What happened to `old` while the reader was away, as events."""
+    """What happened to `old` while the reader was away, as events: the hits it missed (from
+    the records' totals) first, then the changes of state."""
+    if new is not None and (new.hits > old.hits or new.hits_lost > old.hits_lost):
+        missed = _synthesize(
+            reset,
+            "hit",
+            new,
+            count=new.hits - old.hits,
+            lost=new.hits_lost - old.hits_lost,
+            total=new.hits,
+            sites=[],
+        )
+        return [missed, *_changes(reset, old, new)]
+    return _changes(reset, old, new)
+
+
+def _changes(reset: Event, old: Allocation, new: Allocation | None) -> list[Event]:
     if new is None:
         gone = old.model_copy(
             update={

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich import box
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from debugreg import schema
@@ -281,3 +282,77 @@ def error_line(exc: DebugregError) -> str:
         )
         line += f" [blockers: {named}]"
     return line
+
+
+class HitTable:
+    """One allocation's call sites, summed over the hit reports seen: `debugreg hits`."""
+
+    def __init__(self, record: schema.Allocation) -> None:
+        self.record = record
+        self.count = 0
+        self.lost = 0
+        self.rate = 0.0  # hits per second in the latest report
+        self.unknown = False
+        self.sites: dict[str, dict[str, Any]] = {}
+
+    def add(self, at: float, report: schema.HitReport) -> None:
+        self.count += report.count or 0
+        self.lost += report.lost
+        self.unknown = self.unknown or report.unknown
+        if report.interval_s:
+            self.rate = (report.count or 0) / report.interval_s
+        for site in report.sites:
+            key = site.ip or "-"
+            known = self.sites.setdefault(
+                key, {"count": 0, "tids": set(), "threads": 0, "cpus": set(), "last": at}
+            )
+            known["count"] += site.count
+            known["tids"].update(site.tids)
+            known["threads"] = max(known["threads"], site.threads, len(known["tids"]))
+            known["cpus"].update(site.cpus)
+            known["symbol"] = site.symbol
+            known["mapping"] = site.mapping
+            known["last"] = site.last
+
+    def render(self) -> Table:
+        title = (
+            f"{self.record.id} {address_text(self.record)}+{self.record.length} "
+            f"{self.record.access}: {self.count} hits, {self.lost} samples lost, "
+            f"{self.rate:.0f}/s" + (" (some unknown: a restart)" if self.unknown else "")
+        )
+        table = Table(
+            box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, show_edge=False
+        )
+        for name in ("SAMPLES", "IP", "SYMBOL", "MAPPING", "THREADS", "CPUS", "LAST"):
+            table.add_column(name, no_wrap=True)
+        ranked = sorted(self.sites.items(), key=lambda kv: -int(kv[1]["count"]))
+        for ip, site in ranked:
+            mapping = site.get("mapping")
+            table.add_row(
+                str(site["count"]),
+                ip,
+                site.get("symbol") or "-",
+                f"{mapping.file}+{mapping.offset}" if mapping is not None else "-",
+                ",".join(str(t) for t in sorted(site["tids"])[:4])
+                + (f" (+{site['threads'] - 4})" if site["threads"] > 4 else ""),
+                ",".join(str(c) for c in sorted(site["cpus"])),
+                when(site["last"]),
+            )
+        return table
+
+
+def live(renderable: Table) -> Live | None:
+    """A table redrawn in place on a terminal; None elsewhere (it is printed once, at the end)."""
+    out = console()
+    if not out.is_terminal:
+        return None
+    shown = Live(renderable, console=out, auto_refresh=False)
+    shown.start()
+    return shown
+
+
+def console_text(renderable: Table) -> str:
+    out = Console(width=160, no_color=True, highlight=False, soft_wrap=False, record=True)
+    with out.capture() as captured:
+        out.print(renderable)
+    return captured.get().rstrip("\n")

@@ -172,6 +172,8 @@ class Allocation(BaseModel):
     arm: bool = True
     generation: int
     registers: list[Register]
+    hits: int = Field(default=0, description="every hit reported so far")
+    hits_lost: int = Field(default=0, description="samples of those hits that were lost")
     space: Literal["user", "kernel"]
     label: str
     created_at: float
@@ -322,6 +324,9 @@ class SimAccess(Strict):
     address: Address
     length: int = Field(default=1, ge=1, le=1 << 20)
     access: Literal["exec", "read", "write"]
+    ip: Address | None = Field(
+        default=None, description="the instruction that made the access, reported as its site"
+    )
 
 
 class SimAccessResult(BaseModel):
@@ -353,6 +358,44 @@ class SimOutside(BaseModel):
     registers: int
 
 
+class HitMapping(BaseModel):
+    file: str = Field(description="the mapped file (or [vdso], [anon]...)")
+    offset: str = Field(description="the instruction's offset in it, hex")
+
+
+class HitSite(BaseModel):
+    """One call site of a `hit` event: the instruction that touched the watched range."""
+
+    ip: str | None = Field(description="the instruction pointer, hex")
+    pid: int | None = None
+    symbol: str | None = Field(default=None, description="'function+0xoffset' where known")
+    mapping: HitMapping | None = None
+    first: float = Field(description="its first sample of the interval (Unix seconds)")
+    last: float
+    count: int = Field(description="its samples in the interval")
+    tids: list[int] = Field(default_factory=list, description="threads, lowest first (bounded)")
+    threads: int = Field(default=0, description="how many distinct threads")
+    cpus: list[int] = Field(default_factory=list)
+
+
+class HitReport(BaseModel):
+    """What a `hit` event carries besides its allocation: the exact count of one interval,
+    samples lost, the top call sites, and the allocation's total so far. `unknown` says hits
+    could not be counted (a restart)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    count: int | None = None
+    sampled: int | None = None
+    lost: int = 0
+    interval_s: float | None = None
+    sites: list[HitSite] = Field(default_factory=list)
+    other_sites: int = 0
+    other_count: int = 0
+    total: int | None = None
+    unknown: bool = False
+
+
 class Event(BaseModel):
     """One event as it travels in an SSE `data:` line. Type-specific fields (`previous` of
     `moved`, `blockers` of `waiting`, a hit's `cpu`/`address`...) are kept as extras."""
@@ -367,6 +410,13 @@ class Event(BaseModel):
     reason: str | None = Field(
         default=None, description="why: of `evicted` and `session_closed` events"
     )
+
+    @property
+    def hit(self) -> HitReport | None:
+        """A `hit` event's report: the count, samples lost and call sites (`.sites`)."""
+        if self.type != "hit":
+            return None
+        return HitReport.model_validate(self.model_extra or {})
 
 
 class Snapshot(BaseModel):

@@ -80,7 +80,9 @@ def _set_debugregs(arb: Arbiter, c: Command) -> Outcome:
 
 
 def _access(arb: Arbiter, c: Command) -> Outcome:
-    return arb.access(c["cpu"], c["tid"], c["address"], c["length"], c["access"], c["now"])
+    return arb.access(
+        c["cpu"], c["tid"], c["address"], c["length"], c["access"], c["now"], c.get("ip")
+    )
 
 
 def _report_hit(arb: Arbiter, c: Command) -> Outcome:

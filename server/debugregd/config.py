@@ -82,6 +82,9 @@ class Settings:
     outside_scan_s: float = 2.0
     reserve_for_ptrace: int = 0
     yield_to_tracers: bool = False
+    hit_interval_s: float = 0.1
+    hit_budget: int = 10_000
+    hit_sites: int = 8
     log_level: str = "info"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -208,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_not_negative,
     )
     option(
+        "--hit-interval",
+        "seconds between hit reports: each allocation hit meanwhile gets one `hit` event with the "
+        "exact count, samples lost and its top call sites",
+        d.hit_interval_s,
+        type=_positive,
+    )
+    option(
+        "--hit-budget",
+        "samples per allocation and interval attributed to call sites (perf backend); beyond "
+        "it the kernel drops them and they are counted as lost, so a hot variable costs bounded "
+        "CPU",
+        d.hit_budget,
+        type=int,
+    )
+    option("--hit-sites", "call sites a hit report lists (the most sampled)", d.hit_sites, type=int)
+    option(
         "--reserve-for-ptrace",
         "registers per CPU kept out of reach of requests below ptrace priority, so a debugger "
         "that does not ask debugregd (plain gdb) can always set that many watchpoints",
@@ -266,6 +285,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         outside_interval_s=args.outside_interval,
         outside_scan_s=args.outside_scan,
         reserve_for_ptrace=args.reserve_for_ptrace,
+        hit_interval_s=args.hit_interval,
+        hit_budget=args.hit_budget,
+        hit_sites=args.hit_sites,
         yield_to_tracers=args.yield_to_tracers,
         log_level=args.log_level,
         tls_cert=args.tls_cert,

@@ -20,10 +20,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from debugregd import wire
-from debugregd.backends.base import Backend, Targets
+from debugregd.backends.base import Backend, Hit, Targets
 from debugregd.commands import Command, Outcome, execute, replay
 from debugregd.core import Allocation, Arbiter, CoreError, Event, Refused, Session
 from debugregd.core.errors import KernelRefused
@@ -75,6 +76,7 @@ class Runtime:
         outside_scan: float = 2.0,
         reserve_for_ptrace: int = 0,
         yield_to_tracers: bool = False,
+        hit_interval: float = 0.1,
     ) -> None:
         self.arbiter = arbiter
         self.journal = journal
@@ -87,6 +89,7 @@ class Runtime:
         self.outside_scan = outside_scan
         self.tasks = TaskWatcher(self.task_exited) if backend.real_tasks else None
         self.reserve_for_ptrace = reserve_for_ptrace
+        self.hit_interval = hit_interval
         self.tracers = (
             TracerWatcher(arbiter.tasks_in_use, self.tracer_changed)
             if yield_to_tracers and backend.real_tasks
@@ -164,6 +167,10 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.failed is None:  # the hits since the last report, so a clean stop loses none
+            hits = self.backend.poll_hits()
+            self.backend.resolve(hits)
+            await self._report_hits(hits)
         self.hub.close()
         if self.tasks is not None:
             self.tasks.close()
@@ -259,6 +266,7 @@ class Runtime:
 
     def task_exited(self, tid: int) -> None:
         """Task `tid` exited: its allocations expire (a journaled fact)."""
+        self.backend.forget_task(tid)
         if self.failed is not None or tid not in self.arbiter.tasks_in_use():
             return
         self.apply({"op": "task_exited", "tid": tid})
@@ -530,15 +538,34 @@ class Runtime:
             await self.run({"op": "evict", "allocation": allocation, "reason": reason})
 
     async def _poll_backend(self) -> None:
-        while True:
-            await asyncio.sleep(0.1)
+        """Every `hit_interval` seconds: one `hit` event per allocation hit since the last, its
+        call sites named (ELF symbols are read in a thread of their own, off the loop), all in
+        one commit; and the watchpoints the kernel took back are evicted."""
+        loop = asyncio.get_running_loop()
+        symbols = ThreadPoolExecutor(max_workers=1, thread_name_prefix="debugregd-symbols")
+        try:
+            while True:
+                await asyncio.sleep(self.hit_interval)
+                if self.failed is not None:
+                    continue
+                for wp in self.backend.lost():
+                    for alloc in list(wp.holders):
+                        await self._evict_lost(alloc.id)
+                hits = self.backend.poll_hits()
+                if hits:
+                    await loop.run_in_executor(symbols, self.backend.resolve, hits)
+                    await self._report_hits(hits)
+        finally:
+            symbols.shutdown(wait=False, cancel_futures=True)
+
+    async def _report_hits(self, hits: list[Hit]) -> None:
+        committed: asyncio.Future[None] | None = None
+        for hit in hits:
             if self.failed is not None:
-                continue
-            for wp in self.backend.lost():
-                for alloc in list(wp.holders):
-                    await self._evict_lost(alloc.id)
-            for hit in self.backend.poll_hits():
-                with contextlib.suppress(CoreError, JournalFailed):
-                    await self.run(
-                        {"op": "report_hit", "allocation": hit.allocation, "data": hit.data}
-                    )
+                return
+            with contextlib.suppress(CoreError):
+                command = {"op": "report_hit", "allocation": hit.allocation, "data": hit.data}
+                _, committed = self.apply(command)
+        if committed is not None:
+            with contextlib.suppress(JournalFailed):
+                await committed

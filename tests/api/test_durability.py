@@ -204,7 +204,16 @@ def test_sigterm_ends_open_streams_closes_the_journal_and_a_restart_finds_everyt
 
         daemon.start()
         after = api.state()
-        assert without_lease_times(after) == without_lease_times(before)
+        # What changed: the leases, and each armed allocation says that its hits while the
+        # daemon was down are unknown (DESIGN section 16).
+        restarted = api.replay(before["event_id"], after["event_id"])
+        assert {e.type for e in restarted} == {"hit"} and all(e.data["unknown"] for e in restarted)
+        assert sorted(e.allocation or "" for e in restarted) == sorted(
+            a["id"] for a in before["allocations"] if a["state"] == "installed"
+        )
+        assert without_lease_times({**after, "event_id": 0}) == without_lease_times(
+            {**before, "event_id": 0}
+        )
         leases = {s["id"]: s["expires_at"] for s in before["sessions"]}
         for session in after["sessions"]:  # a grace period, never a shorter lease
             assert session["expires_at"] >= leases[session["id"]]

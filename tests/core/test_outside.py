@@ -239,7 +239,9 @@ def test_rearm_evicts_what_the_kernel_refuses_and_records_who_holds_it() -> None
     requeued, _ = arb.allocate(None, request(task_scope(7), USER + 64, on_evict=OnEvict.WAIT), 0)
     arb.kernel = Scripted(None, None, NoRoom(tasks_held({7: 2})))
     events = arb.rearm(1)
-    assert types(events) == ["evicted", "outside"]
+    # The two armed again say their hits while the daemon was down are unknown.
+    assert types(events) == ["evicted", "outside", "hit", "hit"]
+    assert [e.to_dict().get("unknown") for e in events if e.type == "hit"] == [True, True]
     assert requeued.state is State.WAITING
     assert all(arb.allocation(a).state is State.INSTALLED for a in kept)
     assert [r["registers"] for r in arb.outside_records()] == [2]

@@ -172,6 +172,7 @@ async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]
             "address": body.address,
             "length": body.length,
             "access": body.access,
+            "ip": body.ip,
         }
     )
     return {"hits": hits}

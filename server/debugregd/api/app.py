@@ -95,7 +95,12 @@ def open_backend(settings: Settings) -> Backend:
     try:
         profile = make_profile(settings.profile, settings.pools or None)
         backend = make_backend(
-            settings.backend, profile, settings.cpus, mode_switching=settings.mode_switching
+            settings.backend,
+            profile,
+            settings.cpus,
+            mode_switching=settings.mode_switching,
+            hit_budget=settings.hit_budget,
+            hit_sites=settings.hit_sites,
         )
         backend.probe()
     except ProbeError as exc:
@@ -111,6 +116,8 @@ def check_debugger_settings(settings: Settings) -> None:
             f"--reserve-for-ptrace {settings.reserve_for_ptrace} must be from 0 to "
             f"{smallest - 1}: this host's pools have {smallest} registers per CPU"
         )
+    if not 1 <= settings.hit_budget <= 10_000_000 or not 1 <= settings.hit_sites <= 1_000:
+        raise StartupError("--hit-budget must be from 1 to 10000000 and --hit-sites from 1 to 1000")
     if settings.yield_to_tracers and settings.backend != "perf":
         raise StartupError(
             "--yield-to-tracers watches the host's real tasks for debuggers: use it with "
@@ -188,6 +195,7 @@ def open_runtime(settings: Settings, metrics: Metrics, opened: Opened | None = N
         outside_scan=settings.outside_scan_s,
         reserve_for_ptrace=settings.reserve_for_ptrace,
         yield_to_tracers=settings.yield_to_tracers,
+        hit_interval=settings.hit_interval_s,
     )
     metrics.watch(lambda: runtime.arbiter, lambda: runtime.hub, lambda: runtime.stats)
     return runtime

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from debugregd.backends.base import Backend, Hit, Targets
+from debugregd.backends.hits import DEFAULT_BUDGET, DEFAULT_SITES
 from debugregd.backends.perf import PerfBackend, ProbeError
 from debugregd.backends.sim import SimBackend
 from debugregd.core.profiles import Profile
@@ -11,7 +12,13 @@ BACKENDS = ("sim", "perf")
 
 
 def make_backend(
-    name: str, profile: Profile, ncpus: int, *, mode_switching: bool = False
+    name: str,
+    profile: Profile,
+    ncpus: int,
+    *,
+    mode_switching: bool = False,
+    hit_budget: int = DEFAULT_BUDGET,
+    hit_sites: int = DEFAULT_SITES,
 ) -> Backend:
     """The backend called `name` for a host of `ncpus` CPUs with `profile`; ProbeError when the
     hardware contradicts them."""
@@ -23,7 +30,7 @@ def make_backend(
                 "--mode-switching is not something Linux does: with --backend perf the kernel "
                 "counts user and kernel breakpoints in one budget; drop --mode-switching"
             )
-        return PerfBackend(profile, ncpus)
+        return PerfBackend(profile, ncpus, hit_budget=hit_budget, hit_sites=hit_sites)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

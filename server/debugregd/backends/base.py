@@ -66,7 +66,16 @@ class Backend(Protocol):
         ...
 
     def poll_hits(self) -> list[Hit]:
-        """Hits observed since the last poll."""
+        """Hits observed since the last poll: one report per allocation (DESIGN section 16)."""
+        ...
+
+    def resolve(self, hits: Sequence[Hit]) -> None:
+        """Name the file and function of each report's call sites, in place (may read files:
+        the daemon calls it off its event loop)."""
+        ...
+
+    def forget_task(self, tid: int) -> None:
+        """Task `tid` exited: drop what is cached about it."""
         ...
 
     def close(self) -> None:

@@ -213,6 +213,16 @@ class HitAggregator:
         self._since = now
         return reports
 
+    def take(self, key: Hashable, now: float) -> HitReport | None:
+        """The report of `key` alone, its interval so far ending `now` (its watch ends): None
+        when it has nothing to say."""
+        interval = self._intervals.pop(key, None)
+        if interval is None or not (
+            interval.hits or interval.sampled or interval.lost or interval.dropped
+        ):
+            return None
+        return self._report(interval, max(now - self._since, 0.0), None)
+
     def _interval(self, key: Hashable) -> _Interval:
         interval = self._intervals.get(key)
         if interval is None:

@@ -1,8 +1,15 @@
 """The perf backend: real hardware breakpoints through perf_event_open (DESIGN section 12).
 
-Each armed watchpoint is one counting perf event per chunk and per target: a task on every CPU is
-pid=tid, cpu=-1; a task with an affinity set is one event per CPU of the set, which the kernel
-counts on that CPU only; a CPU or CPU-set watchpoint is pid=-1, cpu=c for each CPU.
+Each armed watchpoint is one perf event per chunk and per target: a task on every CPU is pid=tid,
+cpu=-1; a task with an affinity set is one event per CPU of the set, which the kernel counts on
+that CPU only; a CPU or CPU-set watchpoint is pid=-1, cpu=c for each CPU.
+
+Hits say who (DESIGN section 16): each event samples every hit into its ring buffer (ip, tid,
+time, CPU, address), drained on the event loop when the kernel signals data, into an aggregator
+that reports, per watchpoint and interval, the exact count (read from the counter, so lost samples
+never make it wrong), the samples lost, and the top call sites; at most a budget of samples per
+watchpoint and interval is taken, so a hot variable costs bounded CPU. Where a ring cannot be
+mapped (locked memory), the event only counts.
 
 The kernel does its own admission with the same rule as the core, so when it refuses (ENOSPC) what
 the core admitted, users outside debugregd hold registers the core did not know of. The backend
@@ -11,19 +18,24 @@ then measures them (`debugregd.backends.measure`) and answers the core with that
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import os
 import platform
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from debugregd.backends import perf_event
 from debugregd.backends.base import Hit, Targets
+from debugregd.backends.hits import DEFAULT_BUDGET, DEFAULT_SITES, HitAggregator, HitReport
 from debugregd.backends.measure import ALL_CPUS, Armed, FreeRoom, outside_holders
 from debugregd.backends.perf_event import PerfEventError
+from debugregd.backends.ring import SampleReader, Totals, open_sampler
+from debugregd.backends.symbols import Resolver
 from debugregd.core.kernel import (
     DENIED,
     INVALID,
@@ -57,14 +69,20 @@ class ProbeError(RuntimeError):
     """The machine contradicts the configuration; the message says what to change."""
 
 
+RING_PAGES = 16  # 64 KiB of samples per event: about 1,300 hits between two drains
+NOTHING_YET = Totals(0, 0)
+
+
 @dataclass(slots=True)
 class _Counter:
-    """One perf event: one chunk on one target."""
+    """One perf event: one chunk on one target; sampling into `ring`, or (no ring) counting."""
 
     fd: int
     chunk: Chunk
     target: Target
-    seen: int = 0  # the count at the last poll
+    ring: SampleReader | None = None
+    seen: Totals = NOTHING_YET  # hits and lost samples at the last report
+    listening: bool = False  # the loop wakes us when the kernel has samples
 
 
 class PerfBackend:
@@ -73,11 +91,26 @@ class PerfBackend:
     name = "perf"
     real_tasks = True
 
-    def __init__(self, profile: Profile | None = None, ncpus: int | None = None) -> None:
+    def __init__(
+        self,
+        profile: Profile | None = None,
+        ncpus: int | None = None,
+        *,
+        hit_budget: int = DEFAULT_BUDGET,
+        hit_sites: int = DEFAULT_SITES,
+    ) -> None:
         self.profile = profile or x86_64()
         self.ncpus = ncpus or os.cpu_count() or 1
         self.slots = dict(self.profile.pools)
         self._counters: dict[Watchpoint, list[_Counter]] = {}
+        self.hits = HitAggregator(
+            time.time(),
+            sites=hit_sites,
+            budget=hit_budget,
+            time_offset=time.time() - time.monotonic(),
+        )
+        self.resolver = Resolver()
+        self._ended: list[Hit] = []  # final reports of watchpoints disarmed since the last one
         self._mine = {pool: Armed(self.ncpus) for pool in self.slots}
         self._lost: list[Watchpoint] = []
         word = self._word = ctypes.c_uint64(0)
@@ -110,9 +143,17 @@ class PerfBackend:
 
     def disarm(self, wp: Watchpoint) -> None:
         counters = self._counters.pop(wp, None)
-        if counters is not None:
-            _close_all(counters)
-            self._mine[self._pool(wp)].remove(wp)
+        if counters is None:
+            return
+        # Its last samples and counts, reported with the next hits (to the holders it had).
+        for counter in counters:
+            self._take(wp, counter, None)
+            self._count(wp, counter)
+        report = self.hits.take(wp, time.time())
+        if report is not None:
+            self._ended.extend(self._hits(wp, report))
+        _close_all(counters)
+        self._mine[self._pool(wp)].remove(wp)
 
     def measure(self, targets: dict[str, Targets]) -> list[Measurement]:
         out = []
@@ -173,34 +214,41 @@ class PerfBackend:
         return [wp for wp in lost if wp.holders]
 
     def poll_hits(self) -> list[Hit]:
-        """One hit per allocation and perf event whose count grew since the last poll."""
-        hits: list[Hit] = []
+        """One hit report per allocation whose watchpoint was hit (or lost samples) since the
+        last poll: the exact count, samples lost, top call sites (not yet resolved to files and
+        symbols: `resolve`)."""
+        hits, self._ended = self._ended, []
         for wp, counters in self._counters.items():
             for counter in counters:
-                count = perf_event.read_count(counter.fd)
-                delta = count - counter.seen
-                if not delta:
-                    continue
-                counter.seen = count
-                cpu = counter.target[1]
-                address, length = counter.chunk
-                data = {
-                    "count": delta,
-                    "cpu": None if cpu == ALL_CPUS else cpu,
-                    "tid": wp.tid,
-                    "address": address,
-                    "length": length,
-                    # A counter cannot tell a read from a write: this is what was watched.
-                    "access": wp.access.value,
-                    "backend": self.name,
-                }
-                hits.extend(Hit(a.id, dict(data)) for a in wp.holders)
+                self._take(wp, counter, self.hits.room(wp))
+                self._count(wp, counter)
+        for key, report in self.hits.flush(time.time()).items():
+            if isinstance(key, Watchpoint):
+                hits.extend(self._hits(key, report))
+        for wp, counters in self._counters.items():  # a new interval: room to take again
+            for counter in counters:
+                self._listen(wp, counter, True)
         return hits
+
+    def resolve(self, hits: Sequence[Hit]) -> None:
+        """Name the mapping and function of each reported call site, in place. Reads ELF files:
+        run it off the event loop (one thread at a time; its caches are not locked)."""
+        for hit in hits:
+            for site in hit.data.get("sites", ()):
+                if site["mapping"] is None:
+                    where = self.resolver.resolve(site["pid"], int(site["ip"], 16))
+                    if where is not None:
+                        site["mapping"] = {"file": where.file, "offset": f"{where.offset:#x}"}
+                        site["symbol"] = where.symbol
 
     def close(self) -> None:
         """Close every perf event."""
         for wp in list(self._counters):
             self.disarm(wp)
+
+    def forget_task(self, tid: int) -> None:
+        """Task `tid` exited: what is cached of its memory map goes (its pid may be reused)."""
+        self.resolver.forget(tid)
 
     def open_events(self) -> dict[str, int]:
         """Open perf events per armed allocation id (shared events count for each holder)."""
@@ -215,19 +263,91 @@ class PerfBackend:
         counters: list[_Counter] = []
         bp_type = BP_TYPES[wp.access]
         for chunk in wp.chunks:
-            attr = perf_event.breakpoint_attr(bp_type, *chunk, exclude_kernel=not wp.kernel)
             for target in self._targets(wp):
                 try:
-                    fd = perf_event.perf_event_open(attr, *target)
+                    counters.append(self._open(wp, bp_type, chunk, target))
                 except PerfEventError as exc:
                     _close_all(counters)
                     raise _OpenFailed(exc.errno, chunk, target) from exc
-                counters.append(_Counter(fd, chunk, target))
         if not wp.armed:  # a reservation: the kernel admits it, and its holder takes the room
             _close_all(counters)
             return
         self._counters[wp] = counters
         self._mine[self._pool(wp)].add(wp)
+        for counter in counters:
+            self._listen(wp, counter, True)
+
+    def _open(self, wp: Watchpoint, bp_type: int, chunk: Chunk, target: Target) -> _Counter:
+        """One event: sampling into a ring, or only counting where a ring cannot be mapped (or
+        for a reservation, which is closed at once)."""
+        exclude_kernel = not wp.kernel
+        if wp.armed:
+            try:
+                ring = open_sampler(
+                    bp_type, *chunk, *target, exclude_kernel=exclude_kernel, data_pages=RING_PAGES
+                )
+            except PerfEventError:
+                raise
+            except OSError:  # mmap: the locked-memory limit, or a CPU the reader cannot fence
+                pass
+            else:
+                return _Counter(ring.fd, chunk, target, ring)
+        attr = perf_event.breakpoint_attr(bp_type, *chunk, exclude_kernel=exclude_kernel)
+        return _Counter(perf_event.perf_event_open(attr, *target), chunk, target)
+
+    def _listen(self, wp: Watchpoint, counter: _Counter, on: bool) -> None:
+        """Have the event loop drain `counter`'s ring when the kernel signals samples (on), or
+        not (its budget is spent, or its task exited: a hangup stays readable for good)."""
+        ring = counter.ring
+        if ring is None or counter.listening == on or (on and ring.exited):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a benchmark, a test): drained at each poll
+        if on:
+            loop.add_reader(ring.fd, self._take, wp, counter, -1)
+        else:
+            loop.remove_reader(ring.fd)
+        counter.listening = on
+
+    def _take(self, wp: Watchpoint, counter: _Counter, limit: int | None) -> None:
+        """Drain `counter`'s samples into the aggregator: at most `limit` (-1: the interval's
+        room), none beyond its budget; what is left the kernel drops and counts."""
+        ring = counter.ring
+        if ring is None or ring.fd < 0:
+            return
+        if limit is not None and limit < 0:
+            limit = self.hits.room(wp)
+        if limit is not None and limit <= 0:
+            self._listen(wp, counter, False)
+            return
+        self.hits.add(wp, ring.drain(limit).samples)
+        if ring.exited or self.hits.room(wp) <= 0:
+            self._listen(wp, counter, False)
+
+    def _count(self, wp: Watchpoint, counter: _Counter) -> None:
+        """The exact hits (and lost samples) since the last report, from the counter."""
+        if counter.ring is not None:
+            now = counter.ring.totals()
+        else:
+            now = Totals(perf_event.read_count(counter.fd), 0)
+        self.hits.count(wp, now.hits - counter.seen.hits, now.lost - counter.seen.lost)
+        counter.seen = now
+
+    def _hits(self, wp: Watchpoint, report: HitReport) -> list[Hit]:
+        """One hit per holder of `wp`, with what was watched."""
+        address, length = wp.chunks[0][0], sum(n for _, n in wp.chunks)
+        data: dict[str, Any] = {
+            **report,
+            "tid": wp.tid,
+            "address": address,
+            "length": length,
+            # A breakpoint cannot tell a read from a write: this is what was watched.
+            "access": wp.access.value,
+            "backend": self.name,
+        }
+        return [Hit(a.id, dict(data)) for a in wp.holders]
 
     def _targets(self, wp: Watchpoint) -> tuple[Target, ...]:
         if wp.tid is None:
@@ -397,5 +517,11 @@ def _not_permitted(exc: PerfEventError) -> str:
 
 def _close_all(counters: list[_Counter]) -> None:
     for counter in counters:
-        os.close(counter.fd)
+        if counter.listening:
+            asyncio.get_running_loop().remove_reader(counter.fd)
+            counter.listening = False
+        if counter.ring is not None:
+            counter.ring.close()
+        else:
+            os.close(counter.fd)
     counters.clear()

@@ -175,6 +175,12 @@ class SimBackend:
         """Always empty: simulated hits are injected through the core."""
         return []
 
+    def resolve(self, hits: Sequence[Hit]) -> None:
+        """Nothing to name: simulated accesses carry their instruction pointer as given."""
+
+    def forget_task(self, tid: int) -> None:
+        """Nothing cached per task."""
+
     def close(self) -> None:
         """Forget everything armed."""
         for wp in list(self._armed):

@@ -482,9 +482,18 @@ class Arbiter:
     # ------------------------------------------------------------------ simulated hits
 
     def access(
-        self, cpu: int, tid: int | None, address: int, length: int, kind: str, now: float
+        self,
+        cpu: int,
+        tid: int | None,
+        address: int,
+        length: int,
+        kind: str,
+        now: float,
+        ip: int | None = None,
     ) -> tuple[list[str], list[Event]]:
-        """A simulated memory access on `cpu` by task `tid`: which installed watchpoints fire."""
+        """A simulated memory access on `cpu` by task `tid` (from instruction `ip`): which
+        installed watchpoints fire. Each reports it as the hardware's do (`report_hit`): one hit,
+        from one call site."""
         self._check_cpu(cpu)
         if kind not in HIT_ACCESSES:
             raise InvalidRequest(f"access must be one of {', '.join(HIT_ACCESSES)}, got {kind!r}")
@@ -500,25 +509,51 @@ class Arbiter:
                     ):
                         hits.append(alloc)
         hits.sort(key=lambda a: a.seq)
+        site = {
+            "ip": None if ip is None else f"0x{ip:x}",
+            "pid": tid,
+            "symbol": None,
+            "mapping": None,
+            "first": now,
+            "last": now,
+            "count": 1,
+            "tids": [] if tid is None else [tid],
+            "threads": 0 if tid is None else 1,
+            "cpus": [cpu],
+        }
+        data = {
+            "count": 1,
+            "sampled": 1,
+            "lost": 0,
+            "interval_s": 0.0,
+            "sites": [site],
+            "other_sites": 0,
+            "other_count": 0,
+            "cpu": cpu,
+            "tid": tid,
+            "address": address,
+            "length": length,
+            "access": kind,
+            "backend": "sim",
+        }
         self._begin()
         for alloc in hits:
-            self._emit(
-                "hit",
-                now,
-                alloc.session,
-                alloc,
-                {"cpu": cpu, "tid": tid, "address": address, "length": length, "access": kind},
-            )
+            self._hit(alloc, now, data)
         return [a.id for a in hits], self._end(now)
 
     def report_hit(self, allocation_id: str, now: float, data: dict[str, Any]) -> list[Event]:
-        """A hit a hardware backend observed on an installed allocation."""
+        """Hits a hardware backend observed on an allocation (`data["count"]` of them, with
+        `data["lost"]` samples lost): a `hit` event carrying them and the allocation's totals.
+        The last report of a watch may come after it ended."""
         alloc = self.allocation(allocation_id)
-        if alloc.state is not INSTALLED:
-            return []
         self._begin()
-        self._emit("hit", now, alloc.session, alloc, data)
+        self._hit(alloc, now, data)
         return self._end(now)
+
+    def _hit(self, alloc: Allocation, now: float, data: dict[str, Any]) -> None:
+        alloc.hits += int(data.get("count") or 0)
+        alloc.hits_lost += int(data.get("lost") or 0)
+        self._emit("hit", now, alloc.session, alloc, {**data, "total": alloc.hits})
 
     # ------------------------------------------------------------------ the world outside
 
@@ -591,6 +626,23 @@ class Arbiter:
         # Recorded once every refused holder is off the register files, so they stay consistent.
         for m in measured.values():
             self._apply_measurement(m, now)
+        # Hits since a watch's last report before the stop (a crash loses up to an interval's)
+        # and while nothing watched are unknown: said, not hidden.
+        for alloc in sorted(self.allocations.values(), key=lambda a: a.seq):
+            if alloc.state is INSTALLED and alloc.arm:
+                self._emit(
+                    "hit",
+                    now,
+                    alloc.session,
+                    alloc,
+                    {
+                        "count": 0,
+                        "unknown": True,
+                        "total": alloc.hits,
+                        "reason": "debugregd restarted: hits after its last report before it "
+                        "stopped, and while it was down, are unknown",
+                    },
+                )
         return self._end(now)
 
     # ------------------------------------------------------------------ debuggers that do not ask
@@ -1256,6 +1308,10 @@ class Arbiter:
         wp = alloc.watchpoint
         assert wp is not None
         alloc.watchpoint = None
+        if wp.armed and wp.holders == [alloc]:
+            # Disarmed while its last holder is still on it: the hardware's last report (hits
+            # since the previous one) is told to that holder.
+            self.kernel.disarm(wp)
         wp.holders.remove(alloc)
         # Even when others still hold it, the register may now be weaker (lower priority, or
         # evictable), so waiters of this budget are reconsidered.
@@ -1264,8 +1320,6 @@ class Arbiter:
             return
         budget = self.budgets[wp.pool]
         del self._shared[wp.key]
-        if wp.armed:
-            self.kernel.disarm(wp)
         budget.remove(wp)
         self._baseline.pop(wp, None)
         registers.assign(budget, wp, self._note_change)
@@ -1428,6 +1482,8 @@ def _alloc_state(alloc: Allocation) -> dict[str, Any]:
         "seq": alloc.seq,
         "state": alloc.state,
         "generation": alloc.generation,
+        "hits": alloc.hits,
+        "hits_lost": alloc.hits_lost,
         "created_at": alloc.created_at,
         "updated_at": alloc.updated_at,
         "reason": alloc.reason,
@@ -1449,6 +1505,8 @@ def _alloc_from_state(item: dict[str, Any]) -> Allocation:
     alloc.generation = item["generation"]
     alloc.updated_at = item["updated_at"]
     alloc.reason = item["reason"]
+    alloc.hits = item.get("hits", 0)
+    alloc.hits_lost = item.get("hits_lost", 0)
     return alloc
 
 

@@ -164,6 +164,8 @@ class Allocation:
         "created_at",
         "evictable",
         "generation",
+        "hits",
+        "hits_lost",
         "id",
         "label",
         "length",
@@ -214,6 +216,8 @@ class Allocation:
         self.updated_at = now
         self.reason: str | None = None
         self.watchpoint: Watchpoint | None = None
+        self.hits = 0  # every hit reported so far, and samples lost: a stream that missed some
+        self.hits_lost = 0  # events (a reset) learns from the record what it missed
 
     @property
     def weight(self) -> int:
@@ -249,12 +253,14 @@ class Allocation:
             None if wp is None else dict(wp.indices),
             self.updated_at,
             self.reason,
+            self.hits,
+            self.hits_lost,
         )
 
     def to_dict(self, view: AllocationView | None = None) -> dict[str, Any]:
         """The allocation record of the API contract (addresses as integers), as it is now or
         as it was when `view` was captured."""
-        state, generation, indices, updated_at, reason = view or self.view()
+        state, generation, indices, updated_at, reason, hits, hits_lost = view or self.view()
         # StrEnum members are str: they compare and serialize as their values.
         out: dict[str, Any] = {
             "id": self.id,
@@ -270,6 +276,8 @@ class Allocation:
             "arm": self.arm,
             "generation": generation,
             "registers": [] if indices is None else _registers(self.pool, indices),
+            "hits": hits,
+            "hits_lost": hits_lost,
             "space": self.space,
             "label": self.label,
             "created_at": self.created_at,
@@ -281,7 +289,7 @@ class Allocation:
 
 
 AllocationView = tuple[
-    "State | None", int, "dict[int, tuple[int, ...]] | None", float, "str | None"
+    "State | None", int, "dict[int, tuple[int, ...]] | None", float, "str | None", int, int
 ]
 
 
