@@ -155,6 +155,7 @@ def cmd_allocate(client: Client, args: argparse.Namespace) -> int:
             "on_evict": args.on_evict,
             "wait": args.wait,
             "label": args.label,
+            "arm": not args.reservation,
         },
     )
     opened: schema.Session | None = None
@@ -470,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-evict", choices=["release", "wait"], default="release")
     p.add_argument("--wait", action="store_true", help="queue instead of being refused")
     p.add_argument("--label", default="")
+    p.add_argument(
+        "--reservation",
+        action="store_true",
+        help="reserve for a debugger that writes the registers itself (arm: false; --tid only)",
+    )
     p.add_argument("--name", default="cli", help="name of the session opened without a token")
     p.add_argument("--ttl", type=float, default=30.0, help="TTL of that session, seconds")
     p.add_argument("--allow-kernel", action="store_true", help="grant kernel addresses (admin)")
