@@ -22,6 +22,7 @@ from debugreg.errors import (
     Unauthorized,
     Unreachable,
 )
+from debugreg.gdb import launch
 
 OK, CONFLICT, USAGE, AUTH, NOT_FOUND, UNREACHABLE, DAEMON_ERROR, INTERRUPTED = (
     0,
@@ -438,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive many contending clients and audit the daemon (debugreg loadtest --help)",
         add_help=False,
     )
+    commands.add_parser(
+        "gdb",
+        help="run gdb with the extension that reserves its hardware watchpoints' registers "
+        "(debugreg gdb --help)",
+        add_help=False,
+    )
 
     def command(
         name: str, run: Callable[[Client, argparse.Namespace], int], help_text: str
@@ -557,6 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from debugreg import loadtest  # heavy; only this command needs it
 
         return loadtest.main(words[1:])
+    at = launch.command_at(words)
+    if at is not None and words[at] == "gdb":
+        return launch.main([*words[:at], *words[at + 1 :]])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
