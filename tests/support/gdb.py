@@ -180,8 +180,11 @@ class Lines:
 
 
 def debugreg_gdb(*gdb_args: str, options: Iterable[str] = ()) -> list[str]:
-    """`debugreg gdb [options] -nx GDB_ARGS` (no gdbinit of this machine's user interferes)."""
-    return [sys.executable, "-m", "debugreg", "gdb", *options, "-nx", *gdb_args]
+    """`debugreg gdb [options] -nx GDB_ARGS` (no gdbinit of this machine's user interferes):
+    the command installed beside this Python, as a user runs it."""
+    installed = Path(sys.executable).with_name("debugreg")
+    debugreg = [str(installed)] if installed.exists() else [sys.executable, "-m", "debugreg"]
+    return [*debugreg, "gdb", *options, "-nx", *gdb_args]
 
 
 def plain_gdb(*gdb_args: str) -> list[str]:

@@ -1,14 +1,16 @@
-"""debugregd as the gdb extension reaches it: the few API v1 calls it makes, over the standard
-library's `http.client`, since gdb's Python has no httpx.
+"""debugregd as the gdb extension reaches it: the few API v1 calls it makes.
 
-Every call has a short timeout and is made once: gdb waits for it, and a daemon that is away must
-cost gdb a warning, not a hang.
+gdb runs the system's Python, without httpx, and every millisecond spent here is gdb's: so the
+calls are HTTP/1.1 spoken over a socket (one connection per call, `Connection: close`, answers
+read by their Content-Length), which costs gdb 3 ms of imports where `http.client` (with the
+email package) costs 20. Every call has a short timeout and is made once: a daemon that is away
+must cost gdb a warning, not a hang.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
+import socket
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 from debugreg.gdb.settings import Settings
 
 TIMEOUT_S = 3.0
+MAX_ANSWER = 1 << 20  # bytes: the daemon's answers to these calls are a few hundred
 
 
 class DaemonError(Exception):
@@ -50,14 +53,6 @@ class Daemon:
         self.settings = settings
         self.url = settings.url
         self.timeout = timeout
-        parts = urlsplit(self.url)
-        self._https = parts.scheme.lower() == "https"
-        self._host = parts.hostname or "127.0.0.1"
-        self._prefix = parts.path.rstrip("/")
-        try:
-            self._port = parts.port
-        except ValueError:  # told when the first call finds no daemon there
-            self._port = -1
 
     # -- the calls
 
@@ -98,43 +93,92 @@ class Daemon:
 
     def call(self, method: str, path: str, body: Any, credential: str | None) -> Any:
         """Send one request; the decoded JSON answer, or raise `DaemonError`."""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "Connection": "close"}
         if credential:
             headers["Authorization"] = f"Bearer {credential}"
-        data = None
+        data = b""
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
-            connection = self._connect()
-            try:
-                connection.request(method, self._prefix + path, body=data, headers=headers)
-                answer = connection.getresponse()
-                status, content = answer.status, answer.read()
-            finally:
-                connection.close()
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            # OSError covers refused connections, timeouts and failed TLS handshakes; ValueError
-            # TLS settings that cannot be used.
+            status, content = self._exchange(method, path, headers, data)
+        except (OSError, ValueError) as exc:
+            # OSError: refused, timed out, reset, or a failed TLS handshake; ValueError: a URL
+            # or TLS settings that cannot be used, or an answer that is not HTTP.
             reason = str(exc) or type(exc).__name__
             raise Unreachable(0, f"no answer from {self.url}: {reason}") from None
         if 200 <= status < 300:
             return json.loads(content) if content else None
         raise _error(status, content)
 
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._port == -1:
-            raise ValueError("the URL's port is not a number")
-        if not self._https:
-            return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        # Only an https:// daemon pays for ssl and the CA bundle (DEBUGREG_CA, DEBUGREG_CERT,
-        # DEBUGREG_KEY), read by the module the CLI uses.
-        from debugreg.tls import TLSSettings
-
-        context = TLSSettings.resolve().context()
-        return http.client.HTTPSConnection(
-            self._host, self._port, timeout=self.timeout, context=context
+    def _exchange(
+        self, method: str, path: str, headers: dict[str, str], data: bytes
+    ) -> tuple[int, bytes]:
+        """One request on a connection of its own: the answer's status and body."""
+        url = urlsplit(self.url)
+        https = url.scheme.lower() == "https"
+        host = url.hostname or "127.0.0.1"
+        connection = socket.create_connection(
+            (host, url.port or (443 if https else 80)), self.timeout
         )
+        try:
+            if https:
+                # Only an https:// daemon pays for ssl and the CA bundle (DEBUGREG_CA,
+                # DEBUGREG_CERT, DEBUGREG_KEY), read by the module the CLI uses.
+                from debugreg.tls import TLSSettings
+
+                context = TLSSettings.resolve().context()
+                connection = context.wrap_socket(connection, server_hostname=host)
+            lines = [f"{method} {url.path.rstrip('/')}{path} HTTP/1.1", f"Host: {url.netloc}"]
+            lines += [f"{name}: {value}" for name, value in headers.items()]
+            lines.append(f"Content-Length: {len(data)}")
+            connection.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + data)
+            return _answer(connection)
+        finally:
+            connection.close()
+
+
+def _answer(connection: socket.socket) -> tuple[int, bytes]:
+    """Read an HTTP/1.1 answer: its status and its body (by Content-Length, or to the end)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += _more(connection, received)
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        while not body.endswith(b"0\r\n\r\n"):
+            body += _more(connection, body)
+        return int(rest[:3]), _unchunk(body)
+    length = int(fields.get("content-length", "0"))
+    while len(body) < length:
+        body += _more(connection, body)
+    return int(rest[:3]), body[:length]
+
+
+def _more(connection: socket.socket, received: bytes) -> bytes:
+    chunk = connection.recv(65536)
+    if not chunk:
+        raise ValueError("the daemon closed the connection before its answer was complete")
+    if len(received) + len(chunk) > MAX_ANSWER:
+        raise ValueError(f"an answer longer than {MAX_ANSWER} bytes")
+    return chunk
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return out
+        out, body = out + body[:size], body[size + 2 :]
 
 
 def _error(status: int, content: bytes) -> DaemonError:

@@ -21,7 +21,6 @@ import os
 from collections.abc import Iterable
 
 import gdb
-
 from debugreg.gdb.daemon import Daemon
 from debugreg.gdb.reservations import HardwareBreakpoint, Reservations, Span, Thread
 from debugreg.gdb.settings import ADDED_ENV, Settings

@@ -5,15 +5,13 @@ gdb's arguments, which gdb receives unchanged: `debugreg gdb -p 4242`, `debugreg
 ./prog`. The connection settings reach the extension through the environment (the variables the
 CLI reads), and gdb replaces this process, so its exit code and its Ctrl-C are gdb's own.
 
-Only the standard library is imported here: `debugreg gdb` starts gdb without loading the client
-library.
+Only the standard library is imported here, and the options are read without argparse (kept for
+`--help`): `debugreg gdb` starts gdb in the time Python starts.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +26,11 @@ from debugreg.gdb.settings import (
     URL_ENV,
 )
 
+TYPE_CHECKING = False  # not typing's: importing typing would cost 5 ms (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+
+USAGE = 2
 NOT_FOUND = 127  # as a shell says a command was not found
 
 # The connection options of every debugreg command (`debugreg --help`): True takes a value.
@@ -43,17 +46,21 @@ CONNECTION = {
 OWN = {**CONNECTION, "--session": True, "--ttl": True, "--gdb": True, "--path": False}
 OWN.update({"-h": False, "--help": False})
 
-# Where each setting goes in gdb's environment (the CLI's variables).
+# Where each option goes in gdb's environment (the CLI's variables).
 ENVIRONMENT = {
-    "url": URL_ENV,
-    "token": TOKEN_ENV,
-    "session": SESSION_ENV,
-    "admin_key": ADMIN_KEY_ENV,
-    "ca": "DEBUGREG_CA",
-    "cert": "DEBUGREG_CERT",
-    "key": "DEBUGREG_KEY",
-    "ttl": TTL_ENV,
+    "--url": URL_ENV,
+    "--token": TOKEN_ENV,
+    "--session": SESSION_ENV,
+    "--admin-key": ADMIN_KEY_ENV,
+    "--ca": "DEBUGREG_CA",
+    "--cert": "DEBUGREG_CERT",
+    "--key": "DEBUGREG_KEY",
+    "--ttl": TTL_ENV,
 }
+
+
+class UsageError(Exception):
+    """A `debugreg gdb` command line that cannot be run as given."""
 
 
 def command_at(words: Sequence[str]) -> int | None:
@@ -67,21 +74,31 @@ def command_at(words: Sequence[str]) -> int | None:
     return None
 
 
-def split(words: Sequence[str]) -> tuple[list[str], list[str]]:
-    """debugreg's options and gdb's arguments, from the words after `gdb`."""
+def split(words: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """debugreg's options (by name: `{"--url": "http://..."}`) and gdb's arguments, from the
+    words after `gdb`."""
+    given: dict[str, str] = {}
     at = 0
     while at < len(words):
         word = words[at]
         if word == "--":
-            return list(words[:at]), list(words[at + 1 :])
-        name = word.split("=", 1)[0]
+            return given, list(words[at + 1 :])
+        name, equals, value = word.partition("=")
         if name not in OWN:
             break
-        at += 2 if OWN[name] and "=" not in word else 1
-    return list(words[:at]), list(words[at:])
+        at += 1
+        if OWN[name] and not equals:
+            if at == len(words):
+                raise UsageError(f"{name} needs a value")
+            value, at = words[at], at + 1
+        given[name] = value
+    return given, list(words[at:])
 
 
 def parser() -> argparse.ArgumentParser:
+    """The options, for `--help` (what `split` reads)."""
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="debugreg gdb",
         usage="debugreg gdb [options] [gdb arguments...]",
@@ -118,18 +135,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def environment(args: argparse.Namespace, inherited: Mapping[str, str]) -> dict[str, str]:
+def environment(given: Mapping[str, str], inherited: Mapping[str, str]) -> dict[str, str]:
     """gdb's environment: the inherited one with the settings given as options, and the names
     of those it added (the extension keeps them from the programs gdb runs)."""
     env = dict(inherited)
     added = []
-    for field, name in ENVIRONMENT.items():
-        value = getattr(args, field)
-        if value is None:
-            continue
-        text = f"{value:g}" if isinstance(value, float) else str(value)
-        if env.get(name) != text:
-            env[name] = text
+    for option, name in ENVIRONMENT.items():
+        value = given.get(option)
+        if value is not None and env.get(name) != value:
+            env[name] = value
             added.append(name)
     env[ADDED_ENV] = " ".join(added)
     return env
@@ -137,19 +151,48 @@ def environment(args: argparse.Namespace, inherited: Mapping[str, str]) -> dict[
 
 def main(words: Sequence[str]) -> int:
     """Run `debugreg gdb` given the words after `gdb` (and any connection options before it);
-    returns only when gdb cannot be started, else gdb takes over the process."""
-    own, gdb_args = split(words)
-    args = parser().parse_args(own)
-    if args.path:
+    returns only when gdb is not started, else gdb takes over the process."""
+    try:
+        given, gdb_args = split(words)
+        ttl = given.get("--ttl")
+        if ttl is not None and not _positive(ttl):
+            raise UsageError(f"--ttl is a number of seconds above 0, not {ttl!r}")
+    except UsageError as exc:
+        print(f"debugreg gdb: {exc} (debugreg gdb --help)", file=sys.stderr)
+        return USAGE
+    if "-h" in given or "--help" in given:
+        parser().print_help()
+        return 0
+    if "--path" in given:
         print(EXTENSION)
         return 0
-    gdb = shutil.which(args.gdb)
+    wanted = given.get("--gdb", "gdb")
+    gdb = _which(wanted)
     if gdb is None:
         print(
-            f"debugreg: {args.gdb} not found: install gdb (apt-get install gdb) or give --gdb PATH",
+            f"debugreg: {wanted} not found: install gdb (apt-get install gdb) or give --gdb PATH",
             file=sys.stderr,
         )
         return NOT_FOUND
     argv = [gdb, "-iex", f"source {EXTENSION}", *gdb_args]
     sys.stdout.flush()
-    os.execve(gdb, argv, environment(args, os.environ))
+    os.execve(gdb, argv, environment(given, os.environ))
+
+
+def _which(program: str) -> str | None:
+    """`program`'s path, as the shell finds it (shutil.which, without the 6 ms of importing
+    shutil and re)."""
+    if "/" in program:
+        return program if os.access(program, os.X_OK) and os.path.isfile(program) else None
+    for directory in (os.environ.get("PATH") or os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", program)
+        if os.access(path, os.X_OK) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False

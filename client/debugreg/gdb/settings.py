@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import NamedTuple
 
 DEFAULT_URL = "http://127.0.0.1:8765"  # the CLI's default (debugreg.client.DEFAULT_URL)
 DEFAULT_TTL_S = 30.0
@@ -20,20 +19,32 @@ TTL_ENV = "DEBUGREG_GDB_TTL"
 ADDED_ENV = "DEBUGREG_GDB_ADDED"
 
 
-class Settings(NamedTuple):
+class Settings:
     """Where debugregd is and how the extension shows itself: a session token with the
     `ptrace` grant, or the admin key (with which it opens a session of its own)."""
 
-    url: str = DEFAULT_URL
-    token: str | None = None
-    session: str | None = None  # the token's session, to keep it alive (else learned later)
-    admin_key: str | None = None
-    ttl_s: float = DEFAULT_TTL_S
+    # A plain class, not a NamedTuple: `debugreg gdb` imports this module, and typing would cost
+    # it 5 ms.
+    __slots__ = ("admin_key", "session", "token", "ttl_s", "url")
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        session: str | None = None,
+        admin_key: str | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.session = session  # the token's session, to keep it alive (else learned later)
+        self.admin_key = admin_key
+        self.ttl_s = ttl_s
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """The settings the CLI reads, from the same variables (`debugreg gdb` sets them from
-        its flags)."""
+        its options)."""
         try:
             ttl_s = float(environ.get(TTL_ENV) or DEFAULT_TTL_S)
         except ValueError:
