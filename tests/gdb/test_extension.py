@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import first, last_event_id, stream
+from tests.support.certs import make_pki
 from tests.support.daemon import Daemon, free_port
 from tests.support.gdb import Lines, Target, debugreg_gdb, environment
 
@@ -234,3 +235,19 @@ def test_the_session_outlives_its_ttl_while_gdb_waits(daemon: Daemon, target: Ta
         assert record(daemon, reserved["allocation"]["id"])["state"] == "installed"
         target.send("w")
         assert "New value = 1" in gdb.finish()
+
+
+def test_over_mutual_tls_with_the_clis_options(
+    make_daemon: Callable[..., Daemon], target: Target, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    daemon = make_daemon(tls=pki, mutual=True)
+    since = last_event_id(daemon)
+    options = ["--url", daemon.url, "--admin-key", daemon.admin_key, "--ca", str(pki.ca)]
+    options += ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+    argv = debugreg_gdb("-batch", "-p", str(target.pid), "-ex", "watch -l counter", options=options)
+    with Lines(argv, environment()) as gdb:
+        said = gdb.finish()
+    assert "debugreg:" not in said
+    reserved = first(daemon, since, installed(target.pid))["allocation"]
+    assert reserved["label"] == f"gdb watchpoint 1 (pid {target.pid})"
