@@ -251,3 +251,15 @@ def test_over_mutual_tls_with_the_clis_options(
     assert "debugreg:" not in said
     reserved = first(daemon, since, installed(target.pid))["allocation"]
     assert reserved["label"] == f"gdb watchpoint 1 (pid {target.pid})"
+
+
+def test_settings_given_as_flags_are_kept_from_the_program_gdb_runs(target_binary: Path) -> None:
+    argv = debugreg_gdb(
+        "-batch", "-ex", "run", "--args", "/usr/bin/env", options=["--admin-key", "secret"]
+    )
+    with Lines(argv, environment(DEBUGREG_URL="http://127.0.0.1:9")) as gdb:
+        said = gdb.finish()
+    assert "exited normally" in said, said
+    assert "DEBUGREG_URL=http://127.0.0.1:9" in said  # the user's own environment, as without gdb
+    assert "secret" not in said
+    assert "DEBUGREG_GDB_ADDED" not in said
