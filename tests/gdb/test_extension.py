@@ -263,3 +263,55 @@ def test_settings_given_as_flags_are_kept_from_the_program_gdb_runs(target_binar
     assert "DEBUGREG_URL=http://127.0.0.1:9" in said  # the user's own environment, as without gdb
     assert "secret" not in said
     assert "DEBUGREG_GDB_ADDED" not in said
+
+
+def open_session(daemon: Daemon, **grants: Any) -> dict[str, Any]:
+    """A session opened as `debugreg session open` would (grants need the admin key)."""
+    http = daemon.admin() if grants else daemon.anon()
+    with http:
+        answer = http.post("/v1/sessions", json={"name": "mine", "ttl_s": 120, **grants})
+    assert answer.status_code == 201, answer.text
+    opened: dict[str, Any] = answer.json()
+    return opened
+
+
+def test_with_a_token_the_extension_reserves_in_that_session_and_leaves_it_open(
+    daemon: Daemon, target: Target
+) -> None:
+    opened = open_session(daemon, max_priority="ptrace")
+    since = last_event_id(daemon)
+    env = environment(DEBUGREG_URL=daemon.url, DEBUGREG_TOKEN=opened["token"])
+    with Lines(attach(target, "watch -l counter"), env) as gdb:
+        said = gdb.finish()
+    assert "debugreg:" not in said
+    reserved = first(daemon, since, installed(target.pid))["allocation"]
+    assert reserved["session"] == opened["id"]
+    # gdb released what it reserved; the session is the user's, and stays.
+    final = record(daemon, reserved["id"])
+    assert (final["state"], final["reason"]) == ("released", "released by owner")
+    with daemon.admin() as http:
+        assert http.get(f"/v1/sessions/{opened['id']}").status_code == 200
+
+
+@pytest.mark.parametrize("credential", ["none", "no ptrace grant"])
+def test_without_a_usable_credential_gdb_is_told_once_and_goes_on(
+    daemon: Daemon, target: Target, credential: str
+) -> None:
+    env = environment(DEBUGREG_URL=daemon.url)
+    if credential == "no ptrace grant":
+        env["DEBUGREG_TOKEN"] = open_session(daemon)["token"]
+    commands = ("watch -l counter", "hbreak main", "continue")
+    with Lines(attach(target, *commands), env) as gdb:
+        gdb.expect(r"^Hardware assisted breakpoint 2")
+        target.send("w")
+        said = gdb.finish()
+    warnings = [line for line in said.splitlines() if "debugreg" in line]
+    assert len(warnings) == 1, said
+    expected = {
+        "none": "debugreg: no credential for debugregd: set DEBUGREG_TOKEN (a session with the "
+        "ptrace grant) or DEBUGREGD_ADMIN_KEY; ",
+        "no ptrace grant": "debugreg: debugregd refused the credentials (",
+    }[credential]
+    assert warnings[0].startswith(expected)
+    assert warnings[0].endswith("; gdb goes on without reserving debug registers")
+    assert "New value = 1" in said

@@ -17,10 +17,13 @@ before gdb writes the debug registers:
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import gdb
+
 from debugreg.gdb.daemon import Daemon
 from debugreg.gdb.reservations import HardwareBreakpoint, Reservations, Span, Thread
 from debugreg.gdb.settings import ADDED_ENV, Settings
@@ -36,10 +39,26 @@ KINDS: dict[int, tuple[str, str]] = {
 
 LOCATION_PREFIX = "-location "  # how gdb shows the expression of `watch -l EXPR`
 
+E = TypeVar("E")
+
 
 def say(line: str) -> None:
     """One line on gdb's error stream, where its own warnings go."""
     gdb.write(line + "\n", gdb.STDERR)
+
+
+def guarded(handler: Callable[[E], None]) -> Callable[[E], None]:
+    """An event handler that never gets in gdb's way: a failure of the extension itself is one
+    line, instead of a Python traceback in the middle of gdb's output."""
+
+    @functools.wraps(handler)
+    def handle(event: E) -> None:
+        try:
+            handler(event)
+        except Exception as exc:
+            say(f"debugreg: the extension failed ({type(exc).__name__}: {exc}); gdb goes on")
+
+    return handle
 
 
 class Extension:
@@ -54,15 +73,15 @@ class Extension:
     def connect(self) -> None:
         """Listen to gdb, and take over what exists already (sourced at gdb's prompt)."""
         events = gdb.events
-        events.breakpoint_created.connect(self.breakpoint_changed)
-        events.breakpoint_modified.connect(self.breakpoint_changed)
-        events.breakpoint_deleted.connect(self.breakpoint_deleted)
-        events.new_thread.connect(self.new_thread)
-        events.new_objfile.connect(self.objfile_loaded)
-        events.exited.connect(self.exited)
-        events.gdb_exiting.connect(self.gdb_exiting)
+        events.breakpoint_created.connect(guarded(self.breakpoint_changed))
+        events.breakpoint_modified.connect(guarded(self.breakpoint_changed))
+        events.breakpoint_deleted.connect(guarded(self.breakpoint_deleted))
+        events.new_thread.connect(guarded(self.new_thread))
+        events.new_objfile.connect(guarded(self.objfile_loaded))
+        events.exited.connect(guarded(self.exited))
+        events.gdb_exiting.connect(guarded(self.gdb_exiting))
         for bp in gdb.breakpoints():
-            self.breakpoint_changed(bp)
+            guarded(self.breakpoint_changed)(bp)
 
     # -- gdb's events
 

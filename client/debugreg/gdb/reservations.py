@@ -19,6 +19,10 @@ from debugreg.gdb.daemon import Daemon, DaemonError, Refused, Unreachable
 GIVE_UP = "gdb goes on without reserving debug registers"
 
 
+class NoCredential(DaemonError):
+    """Neither a session token nor the admin key: nothing to reserve with."""
+
+
 class Span(NamedTuple):
     """Memory a breakpoint needs registers for: `access` is the daemon's (write, rw, exec)."""
 
@@ -201,10 +205,10 @@ class Reservations:
             session, token = self.daemon.open_session("gdb", settings.ttl_s)
             lease = Lease(self.daemon, session, token, own=True)
         else:
-            raise DaemonError(
-                401,
-                "no credential: set DEBUGREG_TOKEN (a session with the ptrace grant) or "
-                "DEBUGREGD_ADMIN_KEY",
+            raise NoCredential(
+                0,
+                "no credential for debugregd: set DEBUGREG_TOKEN (a session with the ptrace "
+                "grant) or DEBUGREGD_ADMIN_KEY",
             )
         lease.keep_alive()
         self._lease = lease
@@ -238,7 +242,9 @@ class Reservations:
     def _give_up(self, exc: DaemonError) -> bool:
         """Whether `exc` means the extension can do nothing more in this gdb (no daemon, or
         credentials it refuses): said once, and from then on it stays out of gdb's way."""
-        if isinstance(exc, Unreachable):
+        if isinstance(exc, NoCredential):
+            why = exc.detail
+        elif isinstance(exc, Unreachable):
             why = f"debugregd is unreachable ({exc.detail})"
         elif exc.status in (401, 403):
             why = f"debugregd refused the credentials ({exc.detail})"
