@@ -22,6 +22,7 @@ from debugreg.errors import (
     Unauthorized,
     Unreachable,
 )
+from debugreg.gdb import launch
 
 OK, CONFLICT, USAGE, AUTH, NOT_FOUND, UNREACHABLE, DAEMON_ERROR, INTERRUPTED = (
     0,
@@ -155,6 +156,7 @@ def cmd_allocate(client: Client, args: argparse.Namespace) -> int:
             "on_evict": args.on_evict,
             "wait": args.wait,
             "label": args.label,
+            "arm": not args.reservation,
         },
     )
     opened: schema.Session | None = None
@@ -468,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive many contending clients and audit the daemon (debugreg loadtest --help)",
         add_help=False,
     )
+    commands.add_parser(
+        "gdb",
+        help="run gdb with the extension that reserves its hardware watchpoints' registers "
+        "(debugreg gdb --help)",
+        add_help=False,
+    )
 
     def command(
         name: str, run: Callable[[Client, argparse.Namespace], int], help_text: str
@@ -501,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-evict", choices=["release", "wait"], default="release")
     p.add_argument("--wait", action="store_true", help="queue instead of being refused")
     p.add_argument("--label", default="")
+    p.add_argument(
+        "--reservation",
+        action="store_true",
+        help="reserve for a debugger that writes the registers itself (arm: false; --tid only)",
+    )
     p.add_argument("--name", default="cli", help="name of the session opened without a token")
     p.add_argument("--ttl", type=float, default=30.0, help="TTL of that session, seconds")
     p.add_argument("--allow-kernel", action="store_true", help="grant kernel addresses (admin)")
@@ -592,6 +605,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from debugreg import loadtest  # heavy; only this command needs it
 
         return loadtest.main(words[1:])
+    at = launch.command_at(words)
+    if at is not None and words[at] == "gdb":
+        return launch.main([*words[:at], *words[at + 1 :]])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -131,6 +131,28 @@ def test_exit_codes_say_what_went_wrong(shared_daemon: Daemon, tid: int) -> None
         assert result.stdout == "", result.args
 
 
+def test_allocate_reservation_is_counted_but_left_to_its_debugger(
+    shared_daemon: Daemon, tid: int
+) -> None:
+    admin = {"DEBUGREGD_ADMIN_KEY": shared_daemon.admin_key}
+    reserved, cpu_wide = run_all(
+        shared_daemon,
+        (("allocate", *allocate_args(tid)[1:], "--reservation", "--priority", "ptrace"), admin),
+        (("allocate", "--cpu", "0", "--address", "0x7f0000001000", "--reservation"), admin),
+    )
+    assert reserved.returncode == OK, reserved.stderr
+    line = reserved.stdout.splitlines()[-1]
+    assert re.match(
+        rf"a\d+ installed reservation generation=\d+ .* priority=700 scope=task:{tid}", line
+    )
+    alloc_id = line.split()[0]
+    shown = run(shared_daemon, "show", alloc_id, "--json", **admin)
+    assert json.loads(shown.stdout)["arm"] is False
+    # The daemon arms CPU-wide allocations itself: a reservation is for a task's debugger.
+    assert cpu_wide.returncode == USAGE
+    assert "a reservation (arm: false) is for a task" in cpu_wide.stderr
+
+
 def test_admin_commands_and_watch(shared_daemon: Daemon, tid: int) -> None:
     admin = {"DEBUGREGD_ADMIN_KEY": shared_daemon.admin_key}
     since = run(shared_daemon, "state", "--json", **admin)
