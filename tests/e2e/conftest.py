@@ -276,6 +276,12 @@ class CTarget(Target):
         self.proc.stdin.flush()
         assert self.proc.stdout.readline().strip() == "wrote"
 
+    def __enter__(self) -> CTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
     def exec(self) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("x\n")
@@ -299,11 +305,15 @@ def gdb_path() -> str:
     return gdb
 
 
-def debug_until_the_write(gdb: list[str], target: CTarget) -> str:
+def debug_until_the_write(
+    gdb: list[str], target: CTarget, env: dict[str, str] | None = None
+) -> str:
     """Run `gdb` (a command line ending in `-ex continue`) on the target; once gdb has set its
     watchpoint (the target is stopped under it), ask the target to write `counter`, which it does
     when gdb continues; gdb's whole output once it exits."""
-    proc = subprocess.Popen(gdb, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        gdb, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     assert proc.stdout is not None
     out: list[str] = []
     asked = False

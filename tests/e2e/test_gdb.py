@@ -63,7 +63,9 @@ def assert_displaced_once(
     evicted = [e for e in seen if e["type"] == "evicted" and e["allocation"]["id"] in holders]
     assert len(evicted) == 1, [(e["type"], e.get("reason")) for e in seen]
     assert Counter(e["allocation"]["id"] for e in evicted).most_common(1)[0][1] == 1
-    assert evicted[0]["reason"].startswith(f"evicted by {reservation['id']} at priority 700")
+    assert evicted[0]["reason"] == (
+        f"evicted by {reservation['id']} at priority 700: {reservation['label']}"
+    )  # the label names the debugger: "gdb watchpoint 1 (pid N)"
 
 
 def background_holders(

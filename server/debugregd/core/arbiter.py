@@ -280,9 +280,7 @@ class Arbiter:
         if plan.fits:
             assert wp is not None
             if plan.victims:
-                self._evict_all(
-                    plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
-                )
+                self._evict_all(plan.victims, now, _evicted_by(alloc))
             self._install(alloc, wp, budget, ON_ADMIT, now)
         else:
             self._queue(alloc, now, plan.blockers)
@@ -1429,7 +1427,7 @@ class Arbiter:
                     victims = []
                 refused.clear()
                 self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
-                self._evict_all(victims, now, f"evicted by {alloc.id} at priority {alloc.priority}")
+                self._evict_all(victims, now, _evicted_by(alloc))
                 self._install(alloc, wp, budget, ON_REINSTALL, now)
 
     def _refused_reinstall(self, alloc: Allocation, answer: NoRoom | Rejected, now: float) -> None:
@@ -1518,6 +1516,13 @@ def _target_of(target: OutsideTarget) -> dict[str, Any]:
 def _target(wp: Watchpoint) -> dict[str, Any]:
     assert wp.outside is not None
     return _target_of(wp.outside)
+
+
+def _evicted_by(alloc: Allocation) -> str:
+    """The reason a victim is told: who took its register, and (its label) what for, e.g.
+    "evicted by a12 at priority 700: gdb watchpoint 1 (pid 4242)"."""
+    reason = f"evicted by {alloc.id} at priority {alloc.priority}"
+    return f"{reason}: {alloc.label}" if alloc.label else reason
 
 
 def _outside_phrase(wp: Watchpoint) -> str:
