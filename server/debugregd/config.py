@@ -83,7 +83,7 @@ class Settings:
     reserve_for_ptrace: int = 0
     yield_to_tracers: bool = False
     hit_interval_s: float = 0.1
-    hit_budget: int = 10_000
+    hit_budget: int = 1_000
     hit_sites: int = 8
     log_level: str = "info"
     tls_cert: Path | None = None

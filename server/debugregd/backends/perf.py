@@ -110,6 +110,9 @@ class PerfBackend:
             time_offset=time.time() - time.monotonic(),
         )
         self.resolver = Resolver()
+        # Tasks that exited: forgotten by the resolver after its next pass, which may still
+        # name the call sites of their last report.
+        self._exited: list[int] = []
         self._ended: list[Hit] = []  # final reports of watchpoints disarmed since the last one
         self._mine = {pool: Armed(self.ncpus) for pool in self.slots}
         self._lost: list[Watchpoint] = []
@@ -233,6 +236,7 @@ class PerfBackend:
     def resolve(self, hits: Sequence[Hit]) -> None:
         """Name the mapping and function of each reported call site, in place. Reads ELF files:
         run it off the event loop (one thread at a time; its caches are not locked)."""
+        exited, self._exited = self._exited, []
         for hit in hits:
             for site in hit.data.get("sites", ()):
                 if site["mapping"] is None:
@@ -240,6 +244,8 @@ class PerfBackend:
                     if where is not None:
                         site["mapping"] = {"file": where.file, "offset": f"{where.offset:#x}"}
                         site["symbol"] = where.symbol
+        for tid in exited:
+            self.resolver.forget(tid)
 
     def close(self) -> None:
         """Close every perf event."""
@@ -247,8 +253,9 @@ class PerfBackend:
             self.disarm(wp)
 
     def forget_task(self, tid: int) -> None:
-        """Task `tid` exited: what is cached of its memory map goes (its pid may be reused)."""
-        self.resolver.forget(tid)
+        """Task `tid` exited: what is cached of its memory map goes (its pid may be reused),
+        once its last report is named."""
+        self._exited.append(tid)
 
     def open_events(self) -> dict[str, int]:
         """Open perf events per armed allocation id (shared events count for each holder)."""
