@@ -325,7 +325,9 @@ class Daemon:
                 raise SystemExit("the daemon did not start; see its log")
             time.sleep(0.05)  # waiting for a process to listen, not synchronising a test
         admin = {"Authorization": f"Bearer {self.key}"}
-        token = self.http.post("/v1/sessions", headers=admin, json={"name": "bench", "ttl_s": 86_400}).json()
+        token = self.http.post(
+            "/v1/sessions", headers=admin, json={"name": "bench", "ttl_s": 86_400}
+        ).json()
         self.auth = {"Authorization": f"Bearer {token['token']}"}
         self.admin = admin
         # What it spends with nothing to watch (its timers), per second, to subtract.

@@ -493,9 +493,10 @@ class AsyncClient(ClientBase):
         access: str = "write",
         *,
         tid: int | None = None,
+        ip: int | str | None = None,
     ) -> list[str]:
         call = api.sim_access(
-            self._admin, cpu=cpu, address=address, length=length, access=access, tid=tid
+            self._admin, cpu=cpu, address=address, length=length, access=access, tid=tid, ip=ip
         )
         return (await self._run(call)).hits
 

@@ -364,10 +364,11 @@ def sim_access(
     length: int = 1,
     access: str = "write",
     tid: int | None = None,
+    ip: int | str | None = None,
 ) -> Call[schema.SimAccessResult]:
     body = build(
         schema.SimAccess,
-        given(cpu=cpu, address=address, length=length, access=access, tid=tid),
+        given(cpu=cpu, address=address, length=length, access=access, tid=tid, ip=ip),
     )
     return Call(
         "POST",

@@ -636,10 +636,12 @@ class Client(ClientBase):
         access: str = "write",
         *,
         tid: int | None = None,
+        ip: int | str | None = None,
     ) -> list[str]:
-        """Simulate a memory access (sim backend, admin); returns the allocations hit."""
+        """Simulate a memory access (sim backend, admin), from instruction `ip`; returns the
+        allocations hit."""
         call = api.sim_access(
-            self._admin, cpu=cpu, address=address, length=length, access=access, tid=tid
+            self._admin, cpu=cpu, address=address, length=length, access=access, tid=tid, ip=ip
         )
         return self._run(call).hits
 

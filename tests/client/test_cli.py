@@ -193,3 +193,30 @@ def test_admin_commands_and_watch(shared_daemon: Daemon, tid: int) -> None:
     assert "dr7: 0xd0001" in regs.stdout.splitlines()
     with Client(shared_daemon.url, admin_key=shared_daemon.admin_key) as client:
         client.close_session(made["session"]["id"])
+
+
+def test_hits_follows_an_allocations_call_sites(shared_daemon: Daemon, tid: int) -> None:
+    admin = {"DEBUGREGD_ADMIN_KEY": shared_daemon.admin_key}
+    made = json.loads(run(shared_daemon, *allocate_args(tid), "--json", **admin).stdout)
+    alloc_id = made["allocation"]["id"]
+    start = json.loads(run(shared_daemon, "state", "--json", **admin).stdout)["event_id"]
+    with Client(shared_daemon.url, admin_key=shared_daemon.admin_key) as client:
+        for ip, who in ((0x401136, tid), (0x401200, tid), (0x401136, tid)):
+            client.sim_access(
+                cpu=0, tid=who, address=0x7F0000001000, length=8, access="write", ip=ip
+            )
+    lines, table = run_all(
+        shared_daemon,
+        (("hits", alloc_id, "--since", str(start), "--count", "3", "--json"), admin),
+        (("hits", alloc_id, "--since", str(start), "--count", "3"), admin),
+    )
+    assert lines.returncode == OK, lines.stderr
+    reports = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert [r["sites"][0]["ip"] for r in reports] == ["0x401136", "0x401200", "0x401136"]
+    assert [r["total"] for r in reports] == [1, 2, 3]
+    assert table.returncode == OK, table.stderr
+    rows = [line.split() for line in table.stdout.splitlines() if "0x4" in line]
+    assert [(row[0], row[1]) for row in rows] == [("2", "0x401136"), ("1", "0x401200")]
+    assert table.stdout.splitlines()[0].startswith(f"{alloc_id} 0x7f0000001000+8 write: 3 hits")
+    with Client(shared_daemon.url, admin_key=shared_daemon.admin_key) as client:
+        client.close_session(made["session"]["id"])

@@ -189,3 +189,27 @@ def test_a_released_allocation_stops_being_followed() -> None:
         {"id": 9, "type": "evicted", "at": 1, "allocation": record("a1", "evicted")}
     )
     assert dispatcher.route(late) == []
+
+
+def test_a_reset_tells_the_hits_missed_from_the_records_totals() -> None:
+    feed = Feed(since=0)
+    seen = record("a1").model_copy(update={"hits": 10})
+    feed.receive(*sse(1, "hit", seen, count=10, total=10, sites=[]))
+    step = feed.receive(*reset(40, since=1))
+    assert step.reset is not None
+    now = record("a1").model_copy(update={"hits": 25, "hits_lost": 3})
+    out = feed.reconcile(step.reset, api.Baseline([now], event_id=40))
+    assert types(out) == [("reset", None), ("hit", "a1")]
+    missed = out[1].hit
+    assert missed is not None
+    assert (missed.count, missed.lost, missed.total, missed.sites) == (15, 3, 25, [])
+    assert (out[1].model_extra or {}).get("reconciled") is True
+
+
+def test_a_hit_event_gives_its_call_sites() -> None:
+    site = {"ip": "0x401136", "pid": 7, "symbol": "writer_a+0x11", "mapping": None}
+    site |= {"first": 1.0, "last": 2.0, "count": 3, "tids": [7], "threads": 1, "cpus": [0]}
+    step = Feed(since=0).receive(*sse(1, "hit", record("a1"), count=3, lost=0, sites=[site]))
+    (event,) = step.events
+    assert event.hit is not None and [s.symbol for s in event.hit.sites] == ["writer_a+0x11"]
+    assert Feed(since=0).receive(*sse(1, "installed", record("a1"))).events[0].hit is None
