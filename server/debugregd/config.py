@@ -82,6 +82,7 @@ class Settings:
     outside_scan_s: float = 2.0
     reserve_for_ptrace: int = 0
     yield_to_tracers: bool = False
+    snapshot_every: int = 50_000
     hit_interval_s: float = 0.1
     hit_budget: int = 1_000
     hit_sites: int = 8
@@ -211,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_not_negative,
     )
     option(
+        "--snapshot-every",
+        "commands between snapshots (a child process writes them; a start replays the commands "
+        "after the latest)",
+        d.snapshot_every,
+        type=int,
+    )
+    option(
         "--hit-interval",
         "seconds between hit reports: each allocation hit meanwhile gets one `hit` event with the "
         "exact count, samples lost and its top call sites",
@@ -285,6 +293,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         outside_interval_s=args.outside_interval,
         outside_scan_s=args.outside_scan,
         reserve_for_ptrace=args.reserve_for_ptrace,
+        snapshot_every=args.snapshot_every,
         hit_interval_s=args.hit_interval,
         hit_budget=args.hit_budget,
         hit_sites=args.hit_sites,

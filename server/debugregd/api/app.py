@@ -116,6 +116,8 @@ def check_debugger_settings(settings: Settings) -> None:
             f"--reserve-for-ptrace {settings.reserve_for_ptrace} must be from 0 to "
             f"{smallest - 1}: this host's pools have {smallest} registers per CPU"
         )
+    if settings.snapshot_every < 1:
+        raise StartupError("--snapshot-every must be at least 1 command")
     if not 1 <= settings.hit_budget <= 10_000_000 or not 1 <= settings.hit_sites <= 1_000:
         raise StartupError("--hit-budget must be from 1 to 10000000 and --hit-sites from 1 to 1000")
     if settings.yield_to_tracers and settings.backend != "perf":
@@ -196,6 +198,7 @@ def open_runtime(settings: Settings, metrics: Metrics, opened: Opened | None = N
         reserve_for_ptrace=settings.reserve_for_ptrace,
         yield_to_tracers=settings.yield_to_tracers,
         hit_interval=settings.hit_interval_s,
+        snapshot_every=settings.snapshot_every,
     )
     metrics.watch(lambda: runtime.arbiter, lambda: runtime.hub, lambda: runtime.stats)
     return runtime

@@ -277,7 +277,17 @@ class Journal:
         row = self.db.execute(
             "SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        return None if row is None else (int(row[0]), json.loads(row[1]))
+        if row is None:
+            return None
+        body = json.loads(row[1])
+        if isinstance(body, dict) and set(body) == {"file"}:
+            # Written beside the journal by a child process (`snapshot_path`).
+            path = self.path.parent / str(body["file"])
+            try:
+                body = json.loads(path.read_bytes())
+            except OSError as exc:
+                raise ValueError(f"its snapshot file {path} cannot be read ({exc})") from None
+        return int(row[0]), body
 
     def commands_after(self, seq: int) -> Iterator[tuple[int, dict[str, Any]]]:
         cursor = self.db.execute(
@@ -378,19 +388,33 @@ class Journal:
 
     def write_snapshot(self, event_id: int, snapshot: dict[str, Any]) -> None:
         """Store a snapshot covering every command so far and drop those commands."""
+        self._adopt(self.last_seq, event_id, wire.dumps(snapshot), keep=None)
+
+    def snapshot_path(self, seq: int) -> Path:
+        """Where a snapshot covering the commands up to `seq` is written by another process
+        (the journal's own connection is this process's alone)."""
+        return self.path.with_name(f"{self.path.name}.snapshot-{seq}")
+
+    def adopt_snapshot(self, seq: int, event_id: int) -> None:
+        """Take the snapshot written at `snapshot_path(seq)` (complete and synced) as the
+        latest, covering the commands up to `seq`, and drop those commands."""
+        keep = self.snapshot_path(seq)
+        self._adopt(seq, event_id, wire.dumps({"file": keep.name}), keep=keep)
+
+    def _adopt(self, seq: int, event_id: int, body: str, keep: Path | None) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)",
-                (self.last_seq, event_id, wire.dumps(snapshot)),
-            )
-            db.execute("DELETE FROM snapshots WHERE seq < ?", (self.last_seq,))
-            db.execute("DELETE FROM commands WHERE seq <= ?", (self.last_seq,))
+            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)", (seq, event_id, body))
+            db.execute("DELETE FROM snapshots WHERE seq < ?", (seq,))
+            db.execute("DELETE FROM commands WHERE seq <= ?", (seq,))
             db.execute("COMMIT")
         except BaseException:
             _roll_back(db)
             raise
+        for old in self.path.parent.glob(f"{self.path.name}.snapshot-*"):
+            if old != keep:  # superseded (or a child's unfinished file)
+                old.unlink(missing_ok=True)
 
     def prune(self, keep_events: int, idempotency_before: float) -> None:
         """Bound the event history (retention: at least the newest `keep_events` are kept,
