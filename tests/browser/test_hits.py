@@ -95,6 +95,7 @@ def test_hits_show_a_rate_per_register_and_the_call_sites_of_an_allocation(
     details = page.get_by_test_id("details")
     hits = details.get_by_test_id("details-hits")
     expect(hits.get_by_test_id("hits-total")).to_have_text("4")
+    expect(details).not_to_contain_text("null")
     expect(hits.get_by_test_id("hits-lost-total")).to_have_text("0")
     expect(hits.get_by_test_id("hits-rate")).to_have_text(RATE)
     expect(hits.get_by_test_id("hits-seen")).to_contain_text("4 reports")

@@ -1488,7 +1488,8 @@ function buildDetails(box, a, live) {
   if (live) {
     actions.push(h("button", { type: "button", class: "btn", "data-testid": "details-release", text: "Release", onclick: () => act(id, "release") }));
   }
-  box.replaceChildren(
+  // replaceChildren, unlike h(), would write a null child as the text "null"
+  const parts = [
     h(
       "div",
       { class: "panel-head" },
@@ -1501,7 +1502,8 @@ function buildDetails(box, a, live) {
     hitsSection(a),
     h("h3", null, "Recent events"),
     h("ol", { class: "feed mini history" }),
-  );
+  ];
+  box.replaceChildren(...parts.filter(Boolean));
 }
 
 /** The drawer's hits: filled in by renderDetailsHits. */
