@@ -1,10 +1,11 @@
 """The dashboard in Debian's firefox-esr (issue 5: Chromium and Firefox), driven over WebDriver
 BiDi: sign in with the `#key=` link, see an allocation fill its cell, an eviction empty it and
-reach the feed; users outside debugregd and a reservation drawn in their cells. The Chromium tests
-cover the rest of the page."""
+reach the feed; users outside debugregd and a reservation drawn in their cells; hits as a rate in
+the cell and call sites in the details. The Chromium tests cover the rest of the page."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from tests.browser.conftest import LAPTOP
 from tests.browser.test_dashboard import allocate, open_session
+from tests.browser.test_hits import WATCHED, WRITER_A, WRITER_B, access, watch
 from tests.browser.test_outside import NO_TIMERS, RESERVATION, admin_call, measure
 from tests.support.daemon import Daemon
 from tests.support.firefox import Firefox, launch
@@ -104,3 +106,30 @@ def test_firefox_draws_outside_holders_and_reservations(
     firefox.wait_for(f"{cell}?.dataset.reservation === 'true'")
     assert RESERVATION in firefox.evaluate(f"{cell}.innerText")
     firefox.screenshot(artifacts / "firefox-outside-and-reservation.png")
+
+
+def test_firefox_shows_hit_rates_and_call_sites(
+    firefox: Firefox, daemon: Daemon, artifacts: Path
+) -> None:
+    firefox.navigate(f"{daemon.url}/#key={daemon.admin_key}")
+    firefox.wait_for(f"{by_testid('status')}?.dataset.state === 'live'")
+    counter = watch(daemon, open_session(daemon, "fx-hits"), WATCHED, "fx-counter")
+    for tid, ip in [(42, WRITER_A), (43, WRITER_B), (44, WRITER_B)]:
+        assert access(daemon, cpu=0, tid=tid, ip=ip) == [counter["id"]]
+    held = counter["registers"][0]
+    cell = by_testid(f"cell-{held['pool']}-{held['cpu']}-{held['index']}")
+    firefox.wait_for(f"/hits\\/s$/.test({cell}?.querySelector('.hit-rate')?.textContent ?? '')")
+    firefox.evaluate(f"{cell}.querySelector('[data-testid=\"chip\"]').click()")
+    sites = "[...document.querySelectorAll('[data-testid=\"hit-site\"]')]"
+    firefox.wait_for(f"{sites}.length === 2")
+    firefox.wait_for(f"{by_testid('hits-total')}?.textContent === '3'")
+    rows = json.loads(
+        firefox.evaluate(
+            f"JSON.stringify({sites}.map((row) => ["
+            "row.querySelector('[data-testid=\"site-name\"]').textContent, "
+            "row.querySelector('[data-testid=\"site-samples\"]').textContent, "
+            "row.querySelector('[data-testid=\"site-threads\"]').textContent]))"
+        )
+    )
+    assert rows == [[WRITER_B, "2", "43, 44"], [WRITER_A, "1", "42"]]
+    firefox.screenshot(artifacts / "firefox-hits.png")

@@ -6,8 +6,11 @@
 // event), makes the page re-read /v1/state while it buffers the stream. Losing the stream shows
 // "disconnected" and reconnects with backoff. Sign-in exchanges the admin key for an HttpOnly
 // cookie; a `#key=` sign-in link is read once and erased from the address bar and history.
+// Hits (DESIGN section 16) are summed as they arrive: a rate per register cell, the call sites
+// of an allocation in its details, and one feed row per run of reports.
 
 import { drawRate, RateSeries } from "./charts.js";
+import { fmtHitRate, HitBook, HitSum, RATE_WINDOW_S, siteName } from "./hits.js";
 import {
   EVENT_TYPES,
   fmtAddress,
@@ -28,6 +31,11 @@ const FEED_SHOW = 300; // rows drawn
 const FEED_BACKFILL = 100; // events of history shown on first load
 const CELL_TASKS_SHOWN = 3;
 const LIST_LIMIT = 200;
+// A hot allocation reports up to ten times a second: its reports share one feed row while they
+// keep coming (less than FEED_HIT_GAP_S apart), for at most FEED_HIT_SPAN_S.
+const FEED_HIT_GAP_S = 5;
+const FEED_HIT_SPAN_S = 60;
+const SITES_SHOWN = 50; // call sites listed in the details drawer
 
 // ---------------------------------------------------------------- tiny DOM helpers
 
@@ -118,15 +126,35 @@ async function api(method, path, body) {
 
 const isAuthError = (e) => e instanceof HttpError && (e.status === 401 || e.status === 403);
 
+// The daemon's clock for hit rates. Events carry its time (`at`); a live event's `at` minus our
+// clock at its arrival is the daemon's lead less the delivery delay, so the largest seen is the
+// best estimate (the Date header has one-second resolution). Re-learnt on every connection.
+const daemonClock = { lead: null };
+
+function noteLiveEvent(ev) {
+  if (typeof ev.at !== "number") return;
+  const lead = ev.at - Date.now() / 1000;
+  if (daemonClock.lead === null || lead > daemonClock.lead) daemonClock.lead = lead;
+}
+
+const daemonNow = () => Date.now() / 1000 + (daemonClock.lead ?? serverOffset);
+
+const numberFormat = new Intl.NumberFormat("en");
+const num = (n) => numberFormat.format(n ?? 0);
+
 // ---------------------------------------------------------------- app state
 
 const model = new Model();
+const hits = new HitBook(); // every allocation's hit reports seen since the page loaded
 const rates = new RateSeries(["allocations_total", "evictions_total", "refusals_total"]);
 
 const ui = {
   signedIn: false,
   selected: null, // allocation id, or "outside:" and an outside holder's key, shown in the drawer
-  feed: [], // {key, ev, text, search, local}
+  feed: [], // {key, ev, text, search, local; a hit run: sum (its reports summed), rev}
+  feedChanged: new Set(), // feed items updated in place since the feed was drawn (hit runs)
+  hitRuns: new Map(), // allocation id -> its feed item still taking reports
+  cells: new Map(), // "pool-cpu-index" -> the grid's td
   feedSeq: 0,
   lastFeedId: 0, // highest server event id put in the feed
   feedFilter: { text: "", hidden: new Set() },
@@ -182,7 +210,11 @@ function showSignIn(message = "") {
   model.clear();
   // Nothing an admin saw stays on the page once signed out.
   ui.gridShape = null;
+  ui.cells.clear();
   ui.feed = [];
+  ui.feedChanged.clear();
+  ui.hitRuns.clear();
+  hits.clear();
   ui.lastFeedId = 0;
   ui.feedDrawn = { key: null, upTo: -1 };
   ui.selected = null;
@@ -299,6 +331,7 @@ async function readState() {
 async function connect() {
   const gen = ++conn.gen;
   conn.resyncing = false; // a resync in flight belongs to the old stream; this one replaces it
+  daemonClock.lead = null; // the daemon may have restarted on another clock
   conn.buffer = [];
   const reconnecting = conn.attempt > 0;
   let snap;
@@ -358,7 +391,13 @@ function openStream(gen, since) {
 }
 
 function onServerEvent(ev) {
-  addToFeed(ev);
+  // Newer than the state the page holds: it happened just now (not history replayed for the feed).
+  if (typeof ev.id === "number" && ev.id > model.eventId) noteLiveEvent(ev);
+  // Every hit report counts once, live or replayed, as the feed shows it.
+  if (addToFeed(ev) && ev.type === "hit") {
+    hits.add(ev);
+    if (ev.allocation?.id === ui.selected) ui.listsDirty = true;
+  }
   if (ev.type === "waiting" && ev.allocation) {
     ui.blockers.set(ev.allocation.id, (ev.blockers ?? []).map(blockerName));
     if (ui.blockers.size > 5000) ui.blockers.delete(ui.blockers.keys().next().value);
@@ -478,9 +517,45 @@ function outsideWhere(pool, target) {
   return model.poolKeys().length > 1 ? `${where} (${pool})` : where;
 }
 
-const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const plural = (n, word) => `${num(n)} ${word}${n === 1 ? "" : "s"}`;
 
-function summarize(ev) {
+/** Who hit, where: "writer_a+0x11 ×40 (tid 42, cpu 0), 0x401200 ×17 (3 threads, cpu 0,1)". */
+function hitSites(sum, shown = 2) {
+  const sites = sum.ranked();
+  const counted = sites.length > 1 || sum.reports > 1;
+  const parts = sites.slice(0, shown).map((s) => {
+    const who = s.threads > 1 ? `${s.threads} threads` : s.tids.size ? `tid ${[...s.tids][0]}` : null;
+    const cpus = s.cpus.size ? `cpu ${[...s.cpus].sort((x, y) => x - y).join(",")}` : null;
+    const where = [who, cpus].filter(Boolean).join(", ");
+    return `${siteName(s)}${counted ? ` ×${num(s.count)}` : ""}${where ? ` (${where})` : ""}`;
+  });
+  const more = sites.length - parts.length;
+  if (more > 0) parts.push(`+${plural(more, "more site")}`);
+  return parts.join(", ");
+}
+
+/** A hit report, or a run of them (`sum`): how many, on what, from where. */
+function hitText(ev, who, sum) {
+  const a = ev.allocation;
+  if (ev.unknown) {
+    return `${who} hits unknown: ${ev.reason ?? "the daemon restarted"}${ev.total != null ? ` (total before: ${num(ev.total)})` : ""}`;
+  }
+  const address = ev.address ?? (a ? fmtAddress(a) : "");
+  const what = `${ev.access ?? a?.access ?? ""} ${address}${ev.length ? ` +${ev.length}` : ""}`;
+  const n = `${plural(sum.count, "hit")}${sum.reports > 1 ? ` in ${sum.reports} reports over ${fmtDuration(sum.last - sum.first)}` : ""}`;
+  const sites = hitSites(sum);
+  return [
+    `${who} ${n}`,
+    what,
+    sites || null,
+    sum.lost ? plural(sum.lost, "sample") + " lost" : null,
+    ev.total != null ? `total ${num(ev.total)}` : null,
+  ]
+    .filter(Boolean)
+    .join(" · ");
+}
+
+function summarize(ev, sum) {
   const a = ev.allocation;
   const who = a
     ? `${a.id}${a.label ? ` “${a.label}”` : ""} (${model.sessionName(a.session)})`
@@ -522,10 +597,11 @@ function summarize(ev) {
     case "expired":
       return `${who} ${fmtScope(a?.scope)} — ${a?.reason ?? ev.type}`;
     case "hit": {
-      const where = [ev.cpu != null ? `cpu ${ev.cpu}` : null, ev.tid != null ? `tid ${ev.tid}` : null]
-        .filter(Boolean)
-        .join(" ");
-      return `${who} ${ev.access ?? ""} ${ev.address ?? ""}${ev.length ? ` +${ev.length}` : ""} ${where}`;
+      if (!sum) {
+        sum = new HitSum();
+        sum.add(ev);
+      }
+      return hitText(ev, who, sum);
     }
     case "session_opened":
       return `${ev.session} “${ev.name ?? ""}” ttl ${ev.ttl_s ?? "?"} s`;
@@ -538,21 +614,43 @@ function summarize(ev) {
   }
 }
 
+/** Put a server event in the feed; false when it was there already. A hit report joins its
+ * allocation's run (one row, updated in place) while reports keep coming and nothing else
+ * happens to that allocation, so a hot watchpoint cannot push everything else out. */
 function addToFeed(ev) {
   if (typeof ev.id === "number" && ev.type !== "reset") {
-    if (ev.id <= ui.lastFeedId) return;
+    if (ev.id <= ui.lastFeedId) return false;
     ui.lastFeedId = ev.id;
   }
-  const text = summarize(ev);
-  ui.feed.push({
-    key: ++ui.feedSeq,
-    ev,
-    text,
-    search: `${ev.type} ${text} ${JSON.stringify(ev)}`.toLowerCase(),
-    local: false,
-  });
+  const id = ev.allocation?.id;
+  const report = ev.type === "hit" && id && !ev.unknown;
+  if (report) {
+    const run = ui.hitRuns.get(id);
+    const kept = run && ui.feed.length && run.key >= ui.feed[0].key;
+    if (kept && ev.at - run.sum.last < FEED_HIT_GAP_S && ev.at - run.sum.first < FEED_HIT_SPAN_S) {
+      run.sum.add(ev);
+      run.ev = ev;
+      run.rev += 1;
+      run.text = summarize(ev, run.sum);
+      run.search = `${ev.type} ${run.text} ${JSON.stringify(ev)}`.toLowerCase();
+      ui.feedChanged.add(run);
+      scheduleRender();
+      return true;
+    }
+  }
+  if (id) ui.hitRuns.delete(id);
+  const item = { key: ++ui.feedSeq, ev, text: "", search: "", local: false, rev: 0 };
+  if (report) {
+    item.sum = new HitSum(20); // a row names its top sites; the drawer keeps them all
+    item.sum.add(ev);
+    ui.hitRuns.set(id, item);
+  }
+  item.text = summarize(ev, item.sum);
+  item.search = `${ev.type} ${item.text} ${JSON.stringify(ev)}`.toLowerCase();
+  ui.feed.push(item);
   if (ui.feed.length > FEED_KEEP) ui.feed.splice(0, ui.feed.length - FEED_KEEP);
   scheduleRender();
+  return true;
 }
 
 function localFeed(kind, text) {
@@ -582,10 +680,13 @@ function feedRow(item) {
       "data-testid": "feed-item",
       "data-type": ev.type,
       "data-event-id": ev.id ?? "",
+      "data-key": item.key,
+      "data-reports": item.sum ? item.sum.reports : null,
       "data-allocation": ev.allocation?.id ?? "",
       "data-outside": ev.type === "outside" && ev.target ? outsideKey(ev.pool, ev.target) : null,
     },
-    h("time", { text: fmtClock(ev.at ?? Date.now() / 1000) }),
+    // a run of hit reports is dated by its first
+    h("time", { text: fmtClock(item.sum?.first ?? ev.at ?? Date.now() / 1000) }),
     h("span", { class: "etype", text: ev.type.replace("session_", "session ") }),
     h("span", { class: "etext", text: item.text }),
   );
@@ -606,10 +707,18 @@ function renderFeed() {
     }
     list.replaceChildren(...rows);
   } else {
+    // Runs of hits updated in place: their rows are redrawn where they are.
+    for (const it of ui.feedChanged) {
+      if (it.key > drawn.upTo) continue; // not drawn yet: added below
+      const row = list.querySelector(`:scope > [data-key="${it.key}"]`);
+      if (row && feedVisible(it)) row.replaceWith(feedRow(it));
+      else if (row) row.remove();
+    }
     const fresh = ui.feed.filter((it) => it.key > drawn.upTo && feedVisible(it)).slice(-FEED_SHOW);
     for (const it of fresh) list.prepend(feedRow(it));
     while (list.childElementCount > FEED_SHOW) list.lastElementChild.remove();
   }
+  ui.feedChanged.clear();
   drawn.key = key;
   drawn.upTo = lastKey;
   list.dataset.empty = ui.feed.length ? "no event matches the filter" : "no events yet";
@@ -837,6 +946,7 @@ function renderGrid() {
   const box = $("pools");
   if (ui.gridShape !== shape) {
     ui.gridShape = shape;
+    ui.cells.clear();
     box.replaceChildren(
       ...pools.map((p) => {
         const head = h(
@@ -852,9 +962,11 @@ function renderGrid() {
             "tr",
             { "data-testid": `row-${p.key}-${cpu}` },
             h("th", { scope: "row", class: "cpu-head" }),
-            ...Array.from({ length: p.slots }, (_, i) =>
-              h("td", { class: "cell", "data-testid": `cell-${p.key}-${cpu}-${i}` }),
-            ),
+            ...Array.from({ length: p.slots }, (_, i) => {
+              const td = h("td", { class: "cell", "data-testid": `cell-${p.key}-${cpu}-${i}` });
+              ui.cells.set(`${p.key}-${cpu}-${i}`, td);
+              return td;
+            }),
           ),
         );
         const title = p.space ? `${p.pool} (${p.space} space)` : p.pool;
@@ -952,18 +1064,85 @@ function renderOutside(d) {
   );
 }
 
+/** The grid cell of one of an allocation's registers. */
+function cellOf(a, r) {
+  const key = model.host?.mode_switching ? `${r.pool}/${a.space}` : r.pool;
+  return ui.cells.get(`${key}-${r.cpu}-${r.index}`) ?? null;
+}
+
+const FLASH_EVERY_MS = 250; // a hot register glows steadily instead of strobing
+const flashedAt = new WeakMap(); // td -> when its flash last began
+
+/** Light up the registers a live report was hit through: on the CPUs its samples name (all the
+ * allocation's CPUs when none were sampled). */
 function flashHit(ev) {
   const a = ev.allocation;
-  if (!a) return;
+  if (!a || ev.unknown || !(ev.count > 0)) return;
+  const cpus = new Set((ev.sites ?? []).flatMap((s) => s.cpus ?? []));
+  if (ev.cpu != null) cpus.add(ev.cpu);
+  const now = performance.now();
   for (const r of a.registers ?? []) {
-    if (ev.cpu != null && r.cpu !== ev.cpu) continue;
-    const key = model.host?.mode_switching ? `${r.pool}/${a.space}` : r.pool;
-    const td = document.querySelector(`[data-testid="cell-${CSS.escape(key)}-${r.cpu}-${r.index}"]`);
-    if (!td) continue;
+    if (cpus.size && !cpus.has(r.cpu)) continue;
+    const td = cellOf(a, r);
+    if (!td || now - (flashedAt.get(td) ?? -Infinity) < FLASH_EVERY_MS) continue;
+    flashedAt.set(td, now);
+    td.querySelector(":scope > .hit-flash")?.remove();
     const spark = h("span", { class: "hit-flash", "aria-hidden": "true" });
     spark.addEventListener("animationend", () => spark.remove());
     td.append(spark);
   }
+}
+
+const rateText = (r) => `${fmtHitRate(r)} hits/s`;
+
+/**
+ * Each occupied cell's hit rate: the sum over the allocations holding it that were hit in the
+ * last RATE_WINDOW_S, as a badge in the cell's corner (out of the flow: nothing moves). Runs on
+ * every render and on a timer, so rates fall to zero when reports stop.
+ */
+function renderHitRates() {
+  const now = daemonNow();
+  const cells = new Map(); // td -> [[allocation, rate]]
+  for (const [id, rate] of hits.rates(now)) {
+    const a = model.allocations.get(id);
+    if (!a || a.state !== "installed") continue;
+    for (const r of a.registers ?? []) {
+      const td = cellOf(a, r);
+      if (!td) continue;
+      if (!cells.has(td)) cells.set(td, []);
+      cells.get(td).push([a, rate]);
+    }
+  }
+  for (const badge of $("pools").querySelectorAll(".hit-rate")) {
+    const td = badge.parentElement;
+    if (cells.has(td)) continue;
+    delete td.dataset.hitRate;
+    badge.remove();
+  }
+  for (const [td, parts] of cells) {
+    parts.sort((x, y) => y[1] - x[1]);
+    const total = parts.reduce((n, [, r]) => n + r, 0);
+    let badge = td.querySelector(":scope > .hit-rate");
+    if (!badge) {
+      badge = h("span", { class: "hit-rate", "data-testid": "hit-rate" });
+      td.append(badge);
+    }
+    const text = rateText(total);
+    if (badge.textContent !== text) badge.textContent = text;
+    const title = [
+      `hits per second over the last ${RATE_WINDOW_S} s (on every CPU the allocation watches)`,
+      ...parts.map(([a, r]) => `${a.id}${a.label ? ` “${a.label}”` : ""}: ${rateText(r)}`),
+    ].join("\n");
+    if (badge.title !== title) badge.title = title;
+    badge.dataset.allocation = parts[0][0].id; // a click opens the busiest one
+    td.dataset.hitRate = total.toFixed(2);
+  }
+  const shown = $("details").querySelector('[data-testid="hits-rate"]');
+  if (shown) setText(shown, rateText(hits.rate(shown.dataset.hitsOf, now)));
+}
+
+function setText(el, text) {
+  if (el && el.textContent !== text) el.textContent = text;
 }
 
 // ---------------------------------------------------------------- tasks, waiting, sessions
@@ -1238,19 +1417,41 @@ function renderDetails() {
   const id = ui.selected;
   if (!id) {
     box.hidden = true;
+    box.dataset.sig = "";
     return;
   }
   if (id.startsWith("outside:")) {
+    box.dataset.sig = "";
     renderOutsideDetails(box, id.slice("outside:".length));
     return;
   }
   const a = lastRecord(id);
   box.hidden = false;
   if (!a) {
+    box.dataset.sig = "";
     box.replaceChildren(h("p", null, `${id}: no record`));
     return;
   }
   const live = model.allocations.has(id);
+  // Hits change the record ten times a second: the drawer is rebuilt only when something else
+  // does (so its buttons keep focus), and its hits and history are updated in place.
+  const sig = `${allocSig(a)}#${live}#${ui.evictArmed === id}#${model.sessionName(a.session)}`;
+  if (box.dataset.sig !== sig) {
+    box.dataset.sig = sig;
+    buildDetails(box, a, live);
+  }
+  renderDetailsHits(box, a);
+  const history = ui.feed.filter((it) => it.ev.allocation?.id === id).slice(-20).reverse();
+  const list = box.querySelector("ol.history");
+  const historySig = history.map((it) => `${it.key}.${it.rev ?? 0}`).join(",");
+  if (list.dataset.sig !== historySig) {
+    list.dataset.sig = historySig;
+    list.replaceChildren(...history.map(feedRow));
+  }
+}
+
+function buildDetails(box, a, live) {
+  const id = a.id;
   const rows = [
     ["id", a.id],
     ["state", a.state],
@@ -1271,7 +1472,6 @@ function renderDetails() {
     ["updated", fmtClock(a.updated_at)],
   ];
   if (a.reason) rows.push(["reason", a.reason]);
-  const history = ui.feed.filter((it) => it.ev.allocation?.id === id).slice(-20).reverse();
   const actions = [];
   if (live && a.state === "installed") {
     const armed = ui.evictArmed === id;
@@ -1288,7 +1488,8 @@ function renderDetails() {
   if (live) {
     actions.push(h("button", { type: "button", class: "btn", "data-testid": "details-release", text: "Release", onclick: () => act(id, "release") }));
   }
-  box.replaceChildren(
+  // replaceChildren, unlike h(), would write a null child as the text "null"
+  const parts = [
     h(
       "div",
       { class: "panel-head" },
@@ -1298,9 +1499,138 @@ function renderDetails() {
     a.arm === false ? h("p", { class: `rsv-note p-${priorityClass(a.priority)}`, "data-testid": "details-reservation" }, `A ${RESERVATION}: the daemon counts it, evicts for it and may evict it like any allocation, but opens nothing for it; its debugger writes the registers through ptrace.`) : null,
     h("dl", { class: `kv p-${priorityClass(a.priority)}${a.arm === false ? " reservation" : ""}` }, ...rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", { text: String(v) })])),
     h("div", { class: "actions" }, ...actions, h("span", { class: "error", id: "details-error" })),
+    hitsSection(a),
     h("h3", null, "Recent events"),
-    h("ol", { class: "feed mini" }, ...history.map(feedRow)),
+    h("ol", { class: "feed mini history" }),
+  ];
+  box.replaceChildren(...parts.filter(Boolean));
+}
+
+/** The drawer's hits: filled in by renderDetailsHits. */
+function hitsSection(a) {
+  const kv = (label, testid) => [h("dt", null, label), h("dd", { "data-testid": testid, "data-hits-of": a.id })];
+  if (a.arm === false) {
+    return h(
+      "section",
+      { class: "hits", "data-testid": "details-hits" },
+      h("h3", null, "Hits"),
+      h("p", { class: "muted small" }, "Its debugger arms it: debugregd sees none of its hits."),
+    );
+  }
+  return h(
+    "section",
+    { class: "hits", "data-testid": "details-hits" },
+    h("h3", null, "Hits"),
+    h(
+      "dl",
+      { class: "kv hit-kv" },
+      ...kv("total", "hits-total"),
+      ...kv("rate", "hits-rate"),
+      ...kv("samples lost", "hits-lost-total"),
+      ...kv("last report", "hits-last"),
+    ),
+    h("p", { class: "hit-warn", "data-testid": "hits-unknown", role: "status", hidden: true }),
+    h("h3", null, "Top call sites"),
+    h("p", { class: "muted small", "data-testid": "hits-seen" }),
+    h("p", { class: "hit-lost", "data-testid": "hits-lost", hidden: true }),
+    h(
+      "table",
+      { class: "list sites", "data-testid": "hit-sites", hidden: true },
+      h(
+        "thead",
+        null,
+        h(
+          "tr",
+          null,
+          h("th", { class: "num", title: "sampled hits at this call site" }, "samples"),
+          h("th", null, "call site"),
+          h("th", null, "threads"),
+          h("th", null, "CPUs"),
+          h("th", null, "last seen"),
+        ),
+      ),
+      h("tbody"),
+    ),
+    h("p", { class: "muted small", "data-testid": "hits-other", hidden: true }),
   );
+}
+
+function threadsText(site) {
+  const tids = [...site.tids].sort((x, y) => x - y);
+  const shown = tids.slice(0, 4);
+  const more = Math.max(site.threads, tids.length) - shown.length;
+  return `${shown.join(", ") || "?"}${more > 0 ? ` +${more}` : ""}`;
+}
+
+function pidsText(site) {
+  const pids = [...site.pids].sort((x, y) => x - y);
+  if (!pids.length) return null;
+  const more = pids.length > 3 ? ` +${pids.length - 3}` : "";
+  return `pid${pids.length > 1 ? "s" : ""} ${pids.slice(0, 3).join(", ")}${more}`;
+}
+
+function siteRow(s) {
+  const where = [
+    s.symbol ? s.ip : null,
+    s.mapping ? `${s.mapping.file}+${s.mapping.offset}` : "mapping unknown",
+    pidsText(s),
+  ]
+    .filter(Boolean)
+    .join(" · ");
+  return h(
+    "tr",
+    { "data-testid": "hit-site", "data-ip": s.ip ?? "" },
+    h("td", { class: "num", "data-testid": "site-samples" }, num(s.count)),
+    h(
+      "td",
+      { class: "site" },
+      h("div", { class: "mono site-name", "data-testid": "site-name", text: siteName(s) }),
+      h("div", { class: "mono muted site-where", "data-testid": "site-where", text: where }),
+    ),
+    h("td", { class: "mono", "data-testid": "site-threads", title: `${plural(s.threads, "thread")}: ${[...s.tids].join(", ")}` }, threadsText(s)),
+    h("td", { class: "mono", "data-testid": "site-cpus" }, [...s.cpus].sort((x, y) => x - y).join(",") || "?"),
+    h("td", { class: "mono small", "data-testid": "site-last" }, fmtClock(s.last)),
+  );
+}
+
+/** An allocation's totals (from its record), its rate, and its call sites summed over the
+ * reports seen since the page loaded, most samples first. */
+function renderDetailsHits(box, a) {
+  const section = box.querySelector('[data-testid="details-hits"]');
+  if (!section || a.arm === false) return;
+  const part = (testid) => section.querySelector(`[data-testid="${testid}"]`);
+  const book = hits.get(a.id);
+  const sum = book?.sum;
+  setText(part("hits-total"), num(a.hits ?? sum?.count ?? 0));
+  setText(part("hits-rate"), rateText(hits.rate(a.id, daemonNow())));
+  setText(part("hits-lost-total"), num(a.hits_lost ?? sum?.lost ?? 0));
+  setText(part("hits-last"), sum?.last != null ? fmtClock(sum.last) : "none since the page loaded");
+  const unknown = part("hits-unknown");
+  unknown.hidden = !book?.unknown;
+  if (book?.unknown) setText(unknown, `Hits unknown: ${book.unknown.reason} (${fmtClock(book.unknown.at)}).`);
+  setText(
+    part("hits-seen"),
+    sum?.reports
+      ? `Summed over the ${plural(sum.reports, "report")} seen since the page loaded (${plural(sum.count, "hit")}, ${num(sum.sampled)} sampled).`
+      : "No hit reported since the page loaded.",
+  );
+  const lost = part("hits-lost");
+  lost.hidden = !sum?.lost;
+  if (sum?.lost) setText(lost, `${plural(sum.lost, "sample")} lost: counted in the hits, missing from the call sites.`);
+  const sites = sum ? sum.ranked() : [];
+  const table = part("hit-sites");
+  table.hidden = !sites.length;
+  reconcile(
+    table.querySelector("tbody"),
+    sites.slice(0, SITES_SHOWN),
+    (s) => s.key,
+    (s) => `${s.count}:${s.last}:${s.threads}:${s.tids.size}:${s.cpus.size}:${s.pids.size}:${s.symbol}:${s.mapping?.file}`,
+    siteRow,
+  );
+  const unlisted = sites.slice(SITES_SHOWN).reduce((n, s) => n + s.count, 0) + (sum?.otherCount ?? 0);
+  const other = part("hits-other");
+  other.hidden = !unlisted;
+  if (unlisted) setText(other, `${plural(unlisted, "sample")} at other call sites.`);
 }
 
 function renderOutsideDetails(box, key) {
@@ -1422,6 +1752,7 @@ function render() {
   const changed = ui.drawnVersion !== model.version || ui.listsDirty;
   if (changed) {
     renderGrid();
+    renderHitRates(); // after the grid: a redrawn cell gets its badge back in the same frame
     renderOutside(model.derived());
     if (now - ui.listsAt >= LIST_EVERY_MS) {
       const d = model.derived();
@@ -1444,6 +1775,9 @@ $("tasks-filter").addEventListener("input", () => {
   scheduleRender();
 });
 setInterval(tickCountdowns, 250);
+setInterval(() => {
+  if (ui.signedIn && model.loaded && !document.hidden) renderHitRates();
+}, 250);
 setInterval(() => {
   if (ui.signedIn) drawCharts();
 }, 10_000);
