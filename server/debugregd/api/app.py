@@ -188,6 +188,8 @@ def open_runtime(settings: Settings, metrics: Metrics, opened: Opened | None = N
         outside_scan=settings.outside_scan_s,
         reserve_for_ptrace=settings.reserve_for_ptrace,
         yield_to_tracers=settings.yield_to_tracers,
+        max_allocations_per_session=settings.max_allocations_per_session,
+        max_waiting_per_session=settings.max_waiting_per_session,
     )
     metrics.watch(lambda: runtime.arbiter, lambda: runtime.hub, lambda: runtime.stats)
     return runtime

@@ -7,6 +7,7 @@ missing token); nothing else in the API layer knows about status codes of errors
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,7 +24,7 @@ from debugregd.core import (
     NotFound,
     Refused,
 )
-from debugregd.core.errors import KernelRefused, Unavailable
+from debugregd.core.errors import KernelRefused, LimitReached, Unavailable
 from debugregd.runtime import JournalFailed
 
 log = logging.getLogger("debugregd.api")
@@ -36,6 +37,7 @@ STATUS: dict[type[CoreError], int] = {
     InvalidTransition: 409,
     Refused: 409,
     KernelRefused: 409,  # the runtime records and retries these; one that escapes is a refusal
+    LimitReached: 429,
     Unavailable: 503,
 }
 
@@ -103,6 +105,10 @@ async def _core(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, CoreError)
     status = STATUS.get(type(exc), 422)
     headers = {"Retry-After": "1"} if status == 503 else None
+    if isinstance(exc, LimitReached) and exc.limit == "streams":
+        # A stream whose client vanished without closing is noticed at its next heartbeat.
+        heartbeat = request.scope["app"].daemon.settings.heartbeat_s
+        headers = {"Retry-After": str(max(1, math.ceil(heartbeat)))}
     return problem(status, exc.kind, exc.title, exc.detail, headers, **exc.extra)
 
 
