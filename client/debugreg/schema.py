@@ -143,14 +143,16 @@ class Register(BaseModel):
 
 class Blocker(BaseModel):
     """A holder in the way of a refused request: an allocation, or (`outside`) registers held
-    by users outside debugregd, which nothing can evict."""
+    by users outside debugregd, which nothing can evict. Another session's holder is named
+    only to the admin: to a session it is "held by another session at priority P", with
+    `allocation`, `session`, `scope` and `label` null."""
 
-    allocation: str | None
-    session: str | None
+    allocation: str | None = None
+    session: str | None = None
     priority: int
     evictable: bool
-    scope: dict[str, Any]
-    label: str = ""
+    scope: dict[str, Any] | None = None
+    label: str | None = ""
     outside: bool = False
     registers: int | None = Field(default=None, description="registers held outside debugregd")
 

@@ -73,10 +73,13 @@ def _ptrace(who: Caller) -> None:
         )
 
 
-def _raw(d: Daemon, tid: int) -> dict[str, Any]:
+def _raw(d: Daemon, tid: int, who: Caller) -> dict[str, Any]:
     out = d.arbiter.debugregs(tid)
     for n in range(4):
         out[f"dr{n}"] = wire.hex_address(out[f"dr{n}"])
+    if not who.admin and out["session"] not in (None, who.session_id):
+        # Another session's registers: what the task's debug registers hold, not whose.
+        out["session"], out["allocations"] = None, {}
     return out
 
 
@@ -92,7 +95,7 @@ async def get_debugregs(tid: int, request: Request) -> dict[str, Any]:
     _ptrace(who)
     if tid <= 0:
         raise InvalidRequest(f"tid must be a positive thread id, got {tid}")
-    return _raw(d, tid)
+    return _raw(d, tid, who)
 
 
 @router.put(
@@ -114,7 +117,7 @@ async def put_debugregs(tid: int, body: schema.DebugRegs, request: Request) -> d
             "dr7": body.dr7,
         }
     )
-    return _raw(d, tid)
+    return _raw(d, tid, who)
 
 
 @router.get(

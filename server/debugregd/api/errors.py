@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from debugregd import wire
 from debugregd.api.responses import Json
 from debugregd.core import (
     CoreError,
@@ -30,6 +31,7 @@ from debugregd.runtime import JournalFailed
 log = logging.getLogger("debugregd.api")
 
 PROBLEM = "application/problem+json"
+CALLER = "debugregd.caller"  # the scope key where `context.caller_of` notes who asked
 STATUS: dict[type[CoreError], int] = {
     InvalidRequest: 422,
     NotFound: 404,
@@ -101,15 +103,27 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _reader(request: Request) -> str | None:
+    """Who reads this answer, as `context.caller_of` found (and noted): None for the admin,
+    else a session id ("" for no session: whoever was not told apart sees the least)."""
+    who = request.scope.get(CALLER)
+    if who is None:
+        return ""
+    return None if who.admin else who.session_id or ""
+
+
 async def _core(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, CoreError)
     status = STATUS.get(type(exc), 422)
+    extra = exc.extra
+    if isinstance(exc, Refused):
+        extra = {**extra, "blockers": wire.blockers_for(exc.blockers, _reader(request))}
     headers = {"Retry-After": "1"} if status == 503 else None
     if isinstance(exc, LimitReached) and exc.limit == "streams":
         # A stream whose client vanished without closing is noticed at its next heartbeat.
         heartbeat = request.scope["app"].daemon.settings.heartbeat_s
         headers = {"Retry-After": str(max(1, math.ceil(heartbeat)))}
-    return problem(status, exc.kind, exc.title, exc.detail, headers, **exc.extra)
+    return problem(status, exc.kind, exc.title, exc.detail, headers, **extra)
 
 
 async def _problem(request: Request, exc: Exception) -> Json:

@@ -39,15 +39,18 @@ def resume_from(since: int | None, last_event_id: str | None) -> int | None:
     return inputs.number(last_event_id, "Last-Event-ID (an event id)")
 
 
-def _sse(ev: StoredEvent) -> bytes:
-    return format_sse_event(data_str=ev.body, event=ev.type, id=str(ev.id))
+def _sse(ev: StoredEvent, reader: str | None) -> bytes:
+    """An event as `reader` (a session; None: the admin) may see it (`wire.event_for`)."""
+    body = wire.event_for(ev.type, ev.body, reader)
+    return format_sse_event(data_str=body, event=ev.type, id=str(ev.id))
 
 
 async def stream(
-    d: Daemon, since: int | None, session: str | None, sub: Subscriber
+    d: Daemon, since: int | None, session: str | None, sub: Subscriber, reader: str | None
 ) -> AsyncIterator[bytes]:
     """Replay what the client missed, then follow live; ends on shutdown or when cut off.
-    `sub` was subscribed before the history is read, so nothing falls in between."""
+    `sub` was subscribed before the history is read, so nothing falls in between; events are
+    shown as `reader` may see them (a session; None: the admin)."""
     rt = d.rt
     hub = rt.hub
     try:
@@ -75,7 +78,7 @@ async def stream(
                         break
                     for ev in page:
                         if ev.id > last and (session is None or ev.session == session):
-                            yield _sse(ev)
+                            yield _sse(ev, reader)
                             if session is not None and ev.type == "session_closed":
                                 return
                         last = max(last, ev.id)
@@ -91,7 +94,7 @@ async def stream(
             live = sub.pending.popleft()
             if live.id > last:
                 last = live.id
-                yield _sse(live)
+                yield _sse(live, reader)
                 # Resumed here once the server has sent the bytes on: the event is delivered.
                 published = hub.published_at(live.id)
                 if published is not None:
@@ -118,7 +121,7 @@ class StreamResponse(EventSourceResponse):
 
 
 def respond(
-    d: Daemon, since: int | None, session: str | None, *, counted: bool = False
+    d: Daemon, since: int | None, session: str | None, *, reader: str | None = None
 ) -> EventSourceResponse:
     # The routes return FastAPI's EventSourceResponse over events encoded by its
     # `format_sse_event` rather than yield from the route: the generator form runs a task
@@ -127,8 +130,9 @@ def respond(
     # the stream starts. The heartbeat is the stream's own. The subscription is taken here,
     # as the route answers, so that the per-session limit counts it at once.
     hub = d.rt.hub
-    sub = hub.subscribe(session, counted=counted)
-    return StreamResponse(stream(d, since, session, sub), hub, sub)
+    # A stream the session's own token opened counts toward its limit.
+    sub = hub.subscribe(session, counted=reader is not None)
+    return StreamResponse(stream(d, since, session, sub, reader), hub, sub)
 
 
 SINCE = Query(ge=0, le=inputs.NUMBER_MAX, description="resume after this event id")
@@ -196,4 +200,4 @@ async def session_events(
             "streams",
             limit,
         )
-    return respond(d, resume, session_id, counted=not who.admin)
+    return respond(d, resume, session_id, reader=None if who.admin else session_id)

@@ -297,9 +297,7 @@ class Arbiter:
         if plan.fits:
             assert wp is not None
             if plan.victims:
-                self._evict_all(
-                    plan.victims, now, f"evicted by {alloc.id} at priority {alloc.priority}"
-                )
+                self._evict_all(plan.victims, now, *self._evicted_for(alloc))
             self._install(alloc, wp, budget, ON_ADMIT, now)
         else:
             self._queue(alloc, now, plan.blockers)
@@ -488,7 +486,12 @@ class Arbiter:
         self._begin()
         for alloc in dropped:
             self._finish(alloc, ON_RELEASE, now, "replaced by a debug register write")
-        self._evict_all(plan.victims, now, f"evicted by a ptrace write for task {tid}")
+        self._evict_all(
+            plan.victims,
+            now,
+            f"evicted to make room for a debug register write at priority {int(Priority.PTRACE)}",
+            {"allocation": None, "session": session_id, "tid": tid},
+        )
         if raw is None:
             raw = self.raw[tid] = RawTask(tid, session_id)
         raw.session, raw.addresses, raw.dr7, raw.allocations = session_id, addresses, dr7, keep
@@ -1164,8 +1167,16 @@ class Arbiter:
         return out
 
     def _refusal_detail(self, request: Request, blockers: list[Watchpoint]) -> str:
-        named = ", ".join(a.id for wp in blockers[:4] for a in wp.holders[:1])
-        why = f"held by {named}, which priority {request.priority} may not evict" if named else ""
+        # Counted, not named: a refusal goes to sessions that may not see other sessions' ids
+        # (the blockers list them, for the reader who may).
+        held = sum(len(wp.holders) for wp in blockers if wp.outside is None)
+        allocations = "allocation" if held == 1 else "allocations"
+        why = (
+            f"held by {held} {allocations} that priority {request.priority} may not evict "
+            "(see blockers)"
+            if held
+            else ""
+        )
         outside = "; ".join(
             dict.fromkeys(_outside_phrase(wp) for wp in blockers if wp.outside is not None)
         )
@@ -1370,12 +1381,36 @@ class Arbiter:
         while len(self.history) > self.history_limit:
             self.history.popitem(last=False)
 
-    def _evict_all(self, victims: list[Watchpoint], now: float, reason: str) -> None:
+    @staticmethod
+    def _evicted_for(alloc: Allocation) -> tuple[str, dict[str, Any]]:
+        """The reason given to holders evicted to make room for `alloc`, and who it is.
+
+        The reason names no allocation: it is kept in the victim's record, which its owner
+        reads, and the evictor may belong to another session. The `evictor` goes in the event
+        only (streams show it to the admin, and to its own session)."""
+        reason = f"evicted to make room for a request at priority {alloc.priority}"
+        return reason, {"allocation": alloc.id, "session": alloc.session}
+
+    def _evict_all(
+        self,
+        victims: list[Watchpoint],
+        now: float,
+        reason: str,
+        evictor: dict[str, Any] | None = None,
+    ) -> None:
         for wp in victims:
             for alloc in list(wp.holders):
-                self._evict_one(alloc, now, reason, admin=False)
+                self._evict_one(alloc, now, reason, admin=False, evictor=evictor)
 
-    def _evict_one(self, alloc: Allocation, now: float, reason: str, *, admin: bool) -> None:
+    def _evict_one(
+        self,
+        alloc: Allocation,
+        now: float,
+        reason: str,
+        *,
+        admin: bool,
+        evictor: dict[str, Any] | None = None,
+    ) -> None:
         requeue = alloc.on_evict is EVICT_TO_WAIT
         alloc.state = next_state(alloc.state, ON_EVICT_TO_WAIT if requeue else ON_EVICT)
         self._detach(alloc)
@@ -1388,7 +1423,10 @@ class Arbiter:
                 self._recheck.add(self._budget_key(alloc.pool, alloc.space))
         else:
             self._retire(alloc)
-        self._emit("evicted", now, alloc.session, alloc, {"reason": reason})
+        data: dict[str, Any] = {"reason": reason}
+        if evictor is not None:
+            data["evictor"] = evictor
+        self._emit("evicted", now, alloc.session, alloc, data)
 
     def _end_session(self, session: Session, now: float, trigger: Trigger, why: str) -> None:
         for aid in list(session.allocations):
@@ -1544,7 +1582,7 @@ class Arbiter:
                     victims = []
                 refused.clear()
                 self._dequeue(alloc)
-                self._evict_all(victims, now, f"evicted by {alloc.id} at priority {alloc.priority}")
+                self._evict_all(victims, now, *self._evicted_for(alloc))
                 self._install(alloc, wp, budget, ON_REINSTALL, now)
                 new = self._freed - taken
                 if new:
