@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import httpx
 
+from debugreg import LimitReached
+from debugreg.errors import from_reply
 from tests.api.helpers import Api, assert_problem, cpu_request, open_stream, task_request
 from tests.support.daemon import Daemon
 
@@ -40,7 +42,11 @@ def test_a_session_past_its_live_allocations_gets_a_429_that_says_to_release(
     try:
         session = api.open_session()
         held = [session.installed(task_request()) for _ in range(3)]
-        body = limited(session.allocate(task_request()), "allocations", 3)
+        refused = session.allocate(task_request())
+        body = limited(refused, "allocations", 3)
+        assert isinstance(
+            from_reply(refused.status_code, refused.headers, refused.content), LimitReached
+        )
         assert "release" in str(body["detail"])
         assert "Retry-After" not in session.allocate(task_request()).headers
         session.release(held[0]["id"])

@@ -20,6 +20,7 @@ from debugregd.api import (
     admin,
     allocations,
     dashboard,
+    document,
     errors,
     events,
     inputs,
@@ -246,6 +247,7 @@ def create_app(
     app.router.routes[:0] = [route for module in modules for route in module.router.routes]
     app.mount("/static", StaticFiles(directory=dashboard.STATIC, check_dir=False), name="static")
     inputs.install(app)
+    document.install(app)
     return app
 
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
 
 from debugregd import wire
 from debugregd.api.responses import Json
@@ -148,17 +149,34 @@ async def _validation(request: Request, exc: Exception) -> Json:
     )
 
 
+def _allowed(request: Request) -> list[str]:
+    """Every method some route answers on this path: Starlette's 405 names only those of the
+    first route that matched the path, and each method of a path is a route of its own."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods.update(route.methods)
+    return sorted(methods)
+
+
 async def _http(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
     hints = {404: f"no route {request.url.path}; see /docs for the API"}
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        allowed = _allowed(request)
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        hints[405] = f"{request.url.path} answers {', '.join(allowed)}, not {request.method}"
     return problem(
         exc.status_code,
         titles.get(exc.status_code, "HTTP error").lower().replace(" ", "-"),
         titles.get(exc.status_code, "HTTP error"),
         hints.get(exc.status_code, detail),
-        dict(exc.headers) if exc.headers else None,
+        headers,
     )
 
 

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from debugregd import wire
 from debugregd.api import inputs
 from debugregd.api.context import Daemon, admin_of, daemon_of, session_of
+from debugregd.api.document import problems
 from debugregd.api.sessions import owned
 from debugregd.core import NotFound
 from debugregd.core.errors import LimitReached
@@ -159,7 +160,7 @@ STREAM: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/events",
     response_class=Response,
-    responses=STREAM,
+    responses={**STREAM, **problems(401, 422)},
     summary="Every event (admin); resume with Last-Event-ID or ?since=",
 )
 async def all_events(
@@ -174,7 +175,7 @@ async def all_events(
 @router.get(
     "/sessions/{session_id}/events",
     response_class=Response,
-    responses=STREAM,
+    responses={**STREAM, **problems(401, 403, 404, 422, 429)},
     tags=["sessions"],
     summary="This session's notices (evicted, moved, reinstalled, hit...); resumable",
 )

@@ -1080,8 +1080,10 @@ class Arbiter:
         return pool, space, chunks, self._cpus_of(scope)
 
     def _check_cpu(self, cpu: int) -> None:
+        # Not found, like a task that does not exist: the request is well formed, and valid on
+        # a host with more CPUs.
         if not 0 <= cpu < self.ncpus:
-            raise InvalidRequest(f"CPU {cpu} does not exist; this host has CPUs 0-{self.ncpus - 1}")
+            raise NotFound(f"CPU {cpu} does not exist; this host has CPUs 0-{self.ncpus - 1}")
 
     def _check_tid(self, tid: int) -> None:
         if not 0 < tid < 1 << 31:
