@@ -50,10 +50,11 @@ environment:
 
 exit codes:
   {OK}    success
-  {CONFLICT}    refused (no register free; the blockers are named) or another conflict (409)
+  {CONFLICT}    refused (no register free; the blockers are named), another conflict (409) or a
+     per-session limit reached (429)
   {USAGE}    usage error or invalid request (400, 413, 422, or rejected before sending)
   {AUTH}    not authorized: missing or unknown credential (401) or missing grant (403)
-  {NOT_FOUND}    no such session, allocation or task (404)
+  {NOT_FOUND}    no such session, allocation, task or CPU (404)
   {UNREACHABLE}    the daemon could not be reached
   {DAEMON_ERROR}    the daemon failed (5xx)
   {INTERRUPTED}  interrupted (Ctrl-C)

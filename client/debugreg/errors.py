@@ -57,6 +57,11 @@ class Conflict(DebugregError):
     """409: the operation is not allowed in the current state."""
 
 
+class LimitReached(Conflict):
+    """429: a per-session limit (live or waiting allocations, open streams) is reached; the
+    problem's `limit` and `maximum` say which. Let something go first."""
+
+
 class Refused(Conflict):
     """409: the allocation does not fit; `.blockers` names the holders that could not be
     evicted (equal or higher priority, or non-evictable)."""
@@ -81,6 +86,7 @@ _BY_STATUS: dict[int, type[DebugregError]] = {
     404: NotFound,
     409: Conflict,
     413: InvalidRequest,
+    429: LimitReached,
     422: InvalidRequest,
 }
 

@@ -250,7 +250,15 @@ def event_line(event: schema.Event) -> str:
         parts.append(
             "blockers="
             + ",".join(
-                str(b.get("allocation") or f"outside:{b.get('registers')}") for b in blockers
+                str(
+                    b.get("allocation")
+                    or (
+                        f"outside:{b.get('registers')}"
+                        if b.get("outside")
+                        else f"another-session@{b.get('priority')}"
+                    )
+                )
+                for b in blockers
             )
         )
     if event.reason is not None:
@@ -260,6 +268,21 @@ def event_line(event: schema.Event) -> str:
     if reconciled:
         parts.append("(reconciled after reset)")
     return " ".join(parts)
+
+
+def blocker_text(b: schema.Blocker) -> str:
+    """A blocker for people: an allocation with its session, priority and scope; users
+    outside debugregd by their label; another session's holder (the daemon names it only to
+    the admin) by its priority."""
+    evictable = "evictable" if b.evictable else "non-evictable"
+    if b.outside:
+        return b.label or "outside debugregd"
+    if b.allocation is None:
+        return f"held by another session at priority {b.priority} ({evictable})"
+    scope = "-" if b.scope is None else scope_text(b.scope)
+    return (
+        f"{b.allocation} (session {b.session or '-'}, priority {b.priority}, {evictable}, {scope})"
+    )
 
 
 def error_line(exc: DebugregError) -> str:
@@ -273,13 +296,7 @@ def error_line(exc: DebugregError) -> str:
     }.get(exc.status, "invalid request" if isinstance(exc, InvalidRequest) else exc.problem.title)
     line = f"debugreg: {kind}: {exc.problem.detail}"
     if isinstance(exc, Refused) and exc.blockers:
-        named = "; ".join(
-            b.label
-            if b.outside
-            else f"{b.allocation} (session {b.session or '-'}, priority {b.priority}, "
-            f"{'evictable' if b.evictable else 'non-evictable'}, {scope_text(b.scope)})"
-            for b in exc.blockers
-        )
+        named = "; ".join(blocker_text(b) for b in exc.blockers)
         line += f" [blockers: {named}]"
     return line
 

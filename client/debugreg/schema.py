@@ -5,6 +5,7 @@ Addresses are accepted as integers or "0x..." strings and always returned as "0x
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -17,27 +18,49 @@ from pydantic import (
 )
 
 ADDRESS_MAX = (1 << 64) - 1
+# JSON numbers are exact only up to 2**53 - 1 (I-JSON): larger addresses, kernel space among
+# them, travel as "0x..." strings, so that every reader of a document agrees on the value.
+ADDRESS_INT_MAX = (1 << 53) - 1
+# Up to 16 hex digits, or up to 19 decimal ones, with single underscores between digits: every
+# string this matches is an address (at most 0xffffffffffffffff), and the daemon reads exactly
+# the strings it matches, as a JSON Schema validator does (`re.search`).
+ADDRESS_PATTERN = r"^(0[xX](_?[0-9a-fA-F]){1,16}|[0-9](_?[0-9]){0,18})$"
 PRIORITY_CLASSES = ("background", "normal", "ptrace", "critical")
 
 
 def _parse_address(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("an address is an integer or a '0x...' string, not a boolean")
+    value = _integral(value)
     if isinstance(value, int):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip().lower().replace("_", "")
-        try:
-            number = int(text, 16) if text.startswith("0x") else int(text, 10)
-        except ValueError:
+        if not 0 <= value <= ADDRESS_INT_MAX:
             raise ValueError(
-                f"{value!r} is not an address; write it as 0x7ffd1000 or 2147422208"
-            ) from None
-    else:
+                f"address {value} is outside 0..{ADDRESS_INT_MAX} (2**53 - 1, what JSON numbers "
+                "hold exactly); write larger ones as '0x...' strings"
+            )
+        return value
+    if not isinstance(value, str):
         raise ValueError("an address is an integer or a '0x...' string")
-    if not 0 <= number <= ADDRESS_MAX:
-        raise ValueError(f"address {value!r} is outside 0..0xffffffffffffffff")
-    return number
+    if re.search(ADDRESS_PATTERN, value) is None:
+        raise ValueError(
+            f"{value[:40]!r} is not an address; write it as 0x7ffd1000 (up to 16 hex digits) "
+            "or 2147422208"
+        )
+    text = value.strip().lower().replace("_", "")  # the pattern allows a final newline
+    return int(text, 16) if text.startswith("0x") else int(text, 10)
+
+
+def _integral(value: Any) -> Any:
+    """A JSON number with no fraction (8.0) as the integer it is: JSON Schema counts it an
+    integer, and so does the daemon. Everything else as it came (strict types refuse it)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# The integers of request bodies below take 8 or 8.0, never "8" or true (the models are
+# strict): `Whole` converts, after the bounds in the annotation, so the JSON Schema shows them.
+Whole = BeforeValidator(_integral)
 
 
 Address = Annotated[
@@ -47,10 +70,13 @@ Address = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": "^(0[xX][0-9a-fA-F_]+|[0-9_]+)$"},
-                {"type": "integer", "minimum": 0, "maximum": ADDRESS_MAX},
+                {"type": "string", "pattern": ADDRESS_PATTERN},
+                {"type": "integer", "minimum": 0, "maximum": ADDRESS_INT_MAX},
             ],
-            "description": "an address: an integer or a '0x...' hex string (returned as hex)",
+            "description": (
+                "an address: an integer up to 2**53 - 1, or a '0x...' hex string of up to 16 "
+                "digits (returned as hex)"
+            ),
             "examples": ["0x7ffd1000"],
         },
         mode="validation",
@@ -58,12 +84,18 @@ Address = Annotated[
     WithJsonSchema({"type": "string", "examples": ["0x7ffd1000"]}, mode="serialization"),
 ]
 
-Cpu = Annotated[int, Field(ge=0, le=65535)]
-Tid = Annotated[int, Field(gt=0, lt=1 << 31, description="a thread id")]
+CPU_MAX = 65535
+TID_MAX = (1 << 31) - 1
+Cpu = Annotated[int, Field(ge=0, le=CPU_MAX, description="a CPU number"), Whole]
+Tid = Annotated[int, Field(ge=1, le=TID_MAX, description="a thread id"), Whole]
 PriorityValue = Annotated[
-    int | Literal["background", "normal", "ptrace", "critical"],
+    Annotated[int, Field(ge=0, le=1000), Whole]
+    | Literal["background", "normal", "ptrace", "critical"],
     Field(description="a class name or an integer 0-1000"),
 ]
+Length = Annotated[int, Field(ge=1, le=1 << 20, description="bytes to watch"), Whole]
+Dr7 = Annotated[int, Field(ge=0, le=(1 << 32) - 1, description="DR7 as ptrace writes it"), Whole]
+Registers = Annotated[int, Field(ge=1, le=16, description="registers it takes"), Whole]
 Access = Literal["exec", "write", "rw"]
 State = Literal["installed", "waiting", "released", "evicted", "expired"]
 EventType = Literal[
@@ -104,7 +136,9 @@ class CpuScope(Strict):
 
 class CpusScope(Strict):
     kind: Literal["cpus"]
-    cpus: list[Cpu] | Literal["all"] = Field(description="a CPU set, or 'all'")
+    cpus: Annotated[list[Cpu], Field(min_length=1, max_length=4096)] | Literal["all"] = Field(
+        description="a CPU set, or 'all'"
+    )
 
 
 Scope = Annotated[TaskScope | CpuScope | CpusScope, Field(discriminator="kind")]
@@ -115,7 +149,7 @@ class AllocationRequest(Strict):
 
     scope: Scope
     address: Address
-    length: int = Field(ge=1, le=1 << 20)
+    length: Length
     access: Access
     priority: PriorityValue = "normal"
     evictable: bool = True
@@ -143,14 +177,16 @@ class Register(BaseModel):
 
 class Blocker(BaseModel):
     """A holder in the way of a refused request: an allocation, or (`outside`) registers held
-    by users outside debugregd, which nothing can evict."""
+    by users outside debugregd, which nothing can evict. Another session's holder is named
+    only to the admin: to a session it is "held by another session at priority P", with
+    `allocation`, `session`, `scope` and `label` null."""
 
-    allocation: str | None
-    session: str | None
+    allocation: str | None = None
+    session: str | None = None
     priority: int
     evictable: bool
-    scope: dict[str, Any]
-    label: str = ""
+    scope: dict[str, Any] | None = None
+    label: str | None = ""
     outside: bool = False
     registers: int | None = Field(default=None, description="registers held outside debugregd")
 
@@ -193,7 +229,9 @@ class SessionRequest(Strict):
     """POST /v1/sessions. Grants above the defaults need the admin key."""
 
     name: str = Field(min_length=1, max_length=200)
-    ttl_s: float = Field(default=30, gt=0, le=86_400)
+    ttl_s: float = Field(
+        default=30, ge=1, le=86_400, description="seconds the lease lasts unless kept alive"
+    )
     max_priority: PriorityValue | None = None
     allow_non_evictable: bool | None = None
     allow_kernel: bool | None = None
@@ -304,7 +342,7 @@ class DebugRegs(Strict):
     dr1: Address = 0
     dr2: Address = 0
     dr3: Address = 0
-    dr7: int = Field(default=0, ge=0, lt=1 << 32)
+    dr7: Dr7 = 0
 
 
 class DebugRegsState(BaseModel):
@@ -322,7 +360,7 @@ class SimAccess(Strict):
     cpu: Cpu
     tid: Tid | None = None
     address: Address
-    length: int = Field(default=1, ge=1, le=1 << 20)
+    length: Length = 1
     access: Literal["exec", "read", "write"]
     ip: Address | None = Field(
         default=None, description="the instruction that made the access, reported as its site"
@@ -333,21 +371,12 @@ class SimAccessResult(BaseModel):
     hits: list[str]
 
 
-class SimOutsideScope(Strict):
-    """Where a simulated outside user holds registers: a task (optionally on some CPUs) or
-    CPU-wide on some CPUs."""
-
-    kind: Literal["task", "cpu", "cpus"]
-    tid: Tid | None = None
-    cpu: Cpu | None = None
-    cpus: list[Cpu] | Literal["all"] | None = Field(default=None, min_length=1)
-
-
 class SimOutsideRequest(Strict):
-    """POST /v1/sim/outside: a user outside debugregd takes registers in the fake kernel."""
+    """POST /v1/sim/outside: a user outside debugregd takes registers in the fake kernel, on a
+    task (optionally on some CPUs), one CPU or a CPU set, as an allocation's scope says."""
 
-    scope: SimOutsideScope
-    registers: int = Field(ge=1, le=16)
+    scope: Scope
+    registers: Registers
     pool: str | None = Field(default=None, description="the profile's data pool unless given")
 
 

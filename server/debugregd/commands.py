@@ -102,7 +102,13 @@ def _rearm(arb: Arbiter, c: Command) -> Outcome:
 
 
 def _configure(arb: Arbiter, c: Command) -> Outcome:
-    return None, arb.configure(c["now"], reserved_for_ptrace=c["reserved_for_ptrace"])
+    # Each setting the command names (older journals name only reserved_for_ptrace).
+    return None, arb.configure(
+        c["now"],
+        reserved_for_ptrace=c.get("reserved_for_ptrace"),
+        max_allocations_per_session=c.get("max_allocations_per_session"),
+        max_waiting_per_session=c.get("max_waiting_per_session"),
+    )
 
 
 def _trace(arb: Arbiter, c: Command) -> Outcome:

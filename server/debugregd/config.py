@@ -47,6 +47,13 @@ def _not_negative(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or more, got {text!r}")
+    return value
+
+
 def parse_names(text: str) -> list[str]:
     """'a.example, 10.0.0.5' -> ['a.example', '10.0.0.5']."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -86,6 +93,10 @@ class Settings:
     hit_interval_s: float = 0.1
     hit_budget: int = 1_000
     hit_sites: int = 8
+    # Per session (0: no limit); sessions need no key, so these bound what anyone can queue.
+    max_allocations_per_session: int = 10_000
+    max_waiting_per_session: int = 1_000
+    max_streams_per_session: int = 8
     log_level: str = "info"
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -249,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
         "priority, evict them so it finds room (on_evict: wait ones come back after it "
         "detaches); needs --backend perf",
     )
+    option(
+        "--max-allocations-per-session",
+        "live allocations (installed or waiting) one session may hold; past it a request gets a "
+        "429 problem (0: no limit; the admin key is not a session and is not limited)",
+        d.max_allocations_per_session,
+        type=_count,
+    )
+    option(
+        "--max-waiting-per-session",
+        "allocations one session's wait: true requests may queue; past it a request that does "
+        "not fit gets a 429 problem (0: no limit)",
+        d.max_waiting_per_session,
+        type=_count,
+    )
+    option(
+        "--max-streams-per-session",
+        "event streams one session's token may hold open at once; past it a new one gets a 429 "
+        "problem (0: no limit; streams opened with the admin key are not counted)",
+        d.max_streams_per_session,
+        type=_count,
+    )
     option("--log-level", "log level", d.log_level, choices=["debug", "info", "warning", "error"])
     option("--tls-cert", "serve HTTPS with this PEM certificate (chain)", None, type=Path)
     option("--tls-key", "the PEM private key of --tls-cert", None, type=Path)
@@ -298,6 +330,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         hit_budget=args.hit_budget,
         hit_sites=args.hit_sites,
         yield_to_tracers=args.yield_to_tracers,
+        max_allocations_per_session=args.max_allocations_per_session,
+        max_waiting_per_session=args.max_waiting_per_session,
+        max_streams_per_session=args.max_streams_per_session,
         log_level=args.log_level,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -22,10 +22,11 @@ class Subscriber:
     """One stream's buffer: a deque and at most one waiter. Lighter than an `asyncio.Queue`
     (three deques and an Event), which counts at 10,000 idle streams."""
 
-    __slots__ = ("_waiter", "buffer", "closed", "overflowed", "pending", "session")
+    __slots__ = ("_waiter", "buffer", "closed", "counted", "overflowed", "pending", "session")
 
-    def __init__(self, session: str | None, buffer: int) -> None:
+    def __init__(self, session: str | None, buffer: int, *, counted: bool = False) -> None:
         self.session = session  # None: every event (admin); else only that session's
+        self.counted = counted  # opened with the session's own token: counts toward its limit
         self.buffer = buffer
         self.pending: deque[StoredEvent] = deque()
         self.overflowed = False  # fell a whole buffer behind: the stream ends
@@ -78,6 +79,8 @@ class EventHub:
         # Streams by the session they follow (None: every event), so one event costs the
         # streams that want it, not every open stream.
         self.by_session: dict[str | None, set[Subscriber]] = {}
+        # Streams each session's own token holds open (the admin's are not counted).
+        self.held: dict[str, int] = {}
         self.published_id = 0
         self.disconnected_slow = 0
         # (last event id, perf_counter) of each publish, oldest first: one pair per commit
@@ -86,14 +89,34 @@ class EventHub:
         self._published_at: list[float] = []
         self._forgot = False
 
-    def subscribe(self, session: str | None) -> Subscriber:
-        sub = Subscriber(session, self.buffer)
+    def subscribe(self, session: str | None, *, counted: bool = False) -> Subscriber:
+        """A new stream of `session`'s events (None: every event); `counted` when the session's
+        own token opened it (`held`)."""
+        counted = counted and session is not None
+        sub = Subscriber(session, self.buffer, counted=counted)
         self.subscribers.add(sub)
         self.by_session.setdefault(session, set()).add(sub)
+        if counted:
+            assert session is not None
+            self.held[session] = self.held.get(session, 0) + 1
         return sub
 
+    def streams_held(self, session: str) -> int:
+        """How many streams `session`'s own token holds open."""
+        return self.held.get(session, 0)
+
     def unsubscribe(self, sub: Subscriber) -> None:
+        """End a subscription (once: a second call does nothing)."""
+        if sub not in self.subscribers:
+            return
         self.subscribers.discard(sub)
+        if sub.counted:
+            assert sub.session is not None
+            left = self.held[sub.session] - 1
+            if left:
+                self.held[sub.session] = left
+            else:
+                del self.held[sub.session]
         group = self.by_session.get(sub.session)
         if group is not None:
             group.discard(sub)

@@ -81,6 +81,8 @@ class Runtime:
         yield_to_tracers: bool = False,
         hit_interval: float = 0.1,
         snapshot_every: int = SNAPSHOT_EVERY,
+        max_allocations_per_session: int = 0,
+        max_waiting_per_session: int = 0,
     ) -> None:
         self.arbiter = arbiter
         self.journal = journal
@@ -94,6 +96,10 @@ class Runtime:
         self.tasks = TaskWatcher(self.task_exited) if backend.real_tasks else None
         self.reserve_for_ptrace = reserve_for_ptrace
         self.hit_interval = hit_interval
+        self.session_limits = {
+            "max_allocations_per_session": max_allocations_per_session,
+            "max_waiting_per_session": max_waiting_per_session,
+        }
         self.tracers = (
             TracerWatcher(arbiter.tasks_in_use, self.tracer_changed)
             if yield_to_tracers and backend.real_tasks
@@ -153,8 +159,13 @@ class Runtime:
         is installed, find who holds registers outside debugregd, and start the sweepers."""
         self.probe = self.backend.probe()
         self.stage({"op": "grace", "now": self.clock()})
-        if self.arbiter.reserved_for_ptrace != self.reserve_for_ptrace:
-            self.apply({"op": "configure", "reserved_for_ptrace": self.reserve_for_ptrace})
+        # Settings that decide admission enter as a journaled command, so a replay decides
+        # each request under the settings it was decided under.
+        settings: dict[str, Any] = {"reserved_for_ptrace": self.reserve_for_ptrace}
+        settings.update(self.session_limits)
+        changed = {k: v for k, v in settings.items() if getattr(self.arbiter, k) != v}
+        if changed:
+            self.apply({"op": "configure", **changed})
         if self.tracers is None:  # not yielding any more: nothing stays held back for a tracer
             for tid in sorted(self.arbiter.traced):
                 self.apply({"op": "untrace", "tid": tid})

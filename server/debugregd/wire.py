@@ -35,6 +35,51 @@ def event(ev: Event) -> dict[str, Any]:
     return out
 
 
+def blocker_for(blocker: dict[str, Any], reader: str | None) -> dict[str, Any]:
+    """A blocker as `reader` may see it (a session id; None: the admin, who sees everything).
+
+    A holder of another session says only "held by another session at priority P": its
+    priority and whether it is evictable, not its allocation, session, label or scope. Users
+    outside debugregd belong to no session and are shown as they are."""
+    if reader is None or blocker.get("outside") or blocker.get("session") == reader:
+        return blocker
+    return {
+        "allocation": None,
+        "session": None,
+        "priority": blocker["priority"],
+        "evictable": blocker["evictable"],
+        "scope": None,
+        "label": None,
+        "outside": False,
+    }
+
+
+def blockers_for(blockers: list[dict[str, Any]], reader: str | None) -> list[dict[str, Any]]:
+    """`blocker_for` of each."""
+    return [blocker_for(b, reader) for b in blockers]
+
+
+def event_for(type_: str, body: str, reader: str | None) -> str:
+    """An event's `data:` as `reader` may see it (see `blocker_for`): a `waiting` event's
+    blockers, and who an `evicted` event's allocation was evicted for, when that is another
+    session. The journal keeps the event whole, for the admin."""
+    if reader is None or type_ not in ("waiting", "evicted"):
+        return body
+    data = orjson.loads(body)
+    if type_ == "waiting":
+        blockers = data.get("blockers") or []
+        seen = blockers_for(blockers, reader)
+        if seen == blockers:
+            return body
+        data["blockers"] = seen
+    else:
+        evictor = data.get("evictor")
+        if evictor is None or evictor.get("session") == reader:
+            return body
+        del data["evictor"]
+    return dumps(data)
+
+
 def dumps(data: Any) -> str:
     """Compact UTF-8 JSON, non-string keys as strings, by orjson: the standard library's encoder
     costs twenty times as much, and every request journals a command and its events."""

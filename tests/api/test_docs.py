@@ -49,7 +49,7 @@ def test_routes_that_read_their_own_inputs_are_documented_as_declared_parameters
     @probe.post("/v1/allocations")
     def allocate(
         body: schema.AllocationRequest,
-        idempotency_key: Annotated[str | None, Header()] = None,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> None: ...
 
     @probe.delete("/v1/allocations/{allocation_id}")

@@ -75,7 +75,8 @@ def test_a_higher_priority_request_evicts_one_lower_holder_which_gets_exactly_on
     # Fewest victims, then lowest priority, then the most recently installed.
     assert states(api, held) == ["installed", "installed", "installed", "evicted"]
     victim = api.record(held[3]["id"])
-    assert response.json()["id"] in victim["reason"]
+    # The evictor is another session's: the reason gives its priority, not its id.
+    assert victim["reason"] == "evicted to make room for a request at priority 700"
 
     notices = session_notices(victim_owner, since)
     evicted = [e for e in notices if e.type == "evicted"]
@@ -93,8 +94,9 @@ def test_equal_priority_never_evicts_and_the_refusal_names_the_holders(api: Api)
     before = api.state()
 
     problem = assert_problem(newcomer.allocate(cpu_request(0)), 409)
-    assert {b["allocation"] for b in problem["blockers"]} == {r["id"] for r in held}
-    assert all(b["priority"] == 300 for b in problem["blockers"])
+    # Another session's holders are named to a session by their priority alone.
+    named = [(b["allocation"], b["priority"], b["evictable"]) for b in problem["blockers"]]
+    assert named == [(None, 300, True)] * len(held)
     assert api.state() == before  # refused: nothing stored, nothing evicted
 
 
@@ -140,11 +142,11 @@ def test_a_non_evictable_holder_makes_a_ptrace_request_fail_naming_it(api: Api) 
     address = fresh_address()  # four registers: only three could be taken
     response = tracer.allocate(cpu_request(0, address=hex(address), length=32, priority="ptrace"))
     problem = assert_problem(response, 409)
-    blockers = {b["allocation"]: b for b in problem["blockers"]}
-    assert pinned[0]["id"] in blockers, problem
-    assert blockers[pinned[0]["id"]]["evictable"] is False
-    assert blockers[pinned[0]["id"]]["session"] == stubborn.id
-    assert pinned[0]["id"] in problem["detail"]
+    # Named as another session's holder: by its priority and that it is not evictable.
+    (blocker,) = problem["blockers"]
+    assert (blocker["allocation"], blocker["priority"], blocker["evictable"]) == (None, 300, False)
+    assert pinned[0]["id"] not in problem["detail"]
+    assert "held by 1 allocation" in problem["detail"]
     assert api.state() == before  # no background holder was evicted for nothing
     assert states(api, low) == ["installed"] * 3
 
@@ -156,8 +158,8 @@ def test_non_evictable_holders_filling_a_cpu_refuse_a_one_register_ptrace_reques
     pinned = fill_cpu0(stubborn, 4, evictable=False)
     tracer = api.open_session(max_priority="ptrace")
     problem = assert_problem(tracer.allocate(cpu_request(0, priority="ptrace")), 409)
-    assert {b["allocation"] for b in problem["blockers"]} == {r["id"] for r in pinned}
-    assert all(b["evictable"] is False for b in problem["blockers"])
+    named = [(b["allocation"], b["evictable"]) for b in problem["blockers"]]
+    assert named == [(None, False)] * len(pinned)
 
 
 def test_a_ptrace_request_is_refused_by_equal_priority_holders_naming_them(api: Api) -> None:
@@ -165,7 +167,8 @@ def test_a_ptrace_request_is_refused_by_equal_priority_holders_naming_them(api: 
     held = fill_cpu0(first, 4, priority="ptrace")
     second = api.open_session(max_priority="critical")
     problem = assert_problem(second.allocate(cpu_request(0, priority="ptrace")), 409)
-    assert {b["allocation"] for b in problem["blockers"]} == {r["id"] for r in held}
+    named = [(b["allocation"], b["priority"]) for b in problem["blockers"]]
+    assert named == [(None, 700)] * len(held)
     critical = second.allocate(cpu_request(0, priority="critical"))
     assert critical.status_code == 201, critical.text
 

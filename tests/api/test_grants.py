@@ -145,7 +145,7 @@ def test_a_session_without_allow_kernel_never_sees_a_kernel_address(api: Api) ->
     seen: list[str] = []
     refused = nosy.allocate(task_request(tid))  # the same task: its registers are all taken
     problem = assert_problem(refused, 409)
-    assert [b["allocation"] for b in problem["blockers"]] == [record["id"]]
+    assert [(b["allocation"], b["scope"]) for b in problem["blockers"]] == [(None, None)]
     seen.append(refused.text)
     for response in (
         nosy.http.get(f"/v1/allocations/{record['id']}"),

@@ -70,7 +70,7 @@ def test_a_key_reused_with_a_different_body_is_refused(api: Api) -> None:
     first = session.allocate(task_request(), **headers)
     assert first.status_code == 201
     before = api.state()
-    problem = assert_problem(session.allocate(task_request(), **headers), 422)
+    problem = assert_problem(session.allocate(task_request(), **headers), 409)
     assert "Idempotency-Key" in problem["detail"]
     assert api.state() == before
 

@@ -105,11 +105,11 @@ MALFORMED: dict[str, tuple[Any, int | None]] = {
     "40 bytes need 5 registers": (good(address="0x7ffd1000", length=40), 422),
     "unaligned 32 bytes need 7 registers": (good(address="0x7ffd1001", length=32), 422),
     # CPUs
-    "unknown cpu": (good(scope={"kind": "cpu", "cpu": 2}), 422),
+    "unknown cpu": (good(scope={"kind": "cpu", "cpu": 2}), 404),
     "huge cpu": (good(scope={"kind": "cpu", "cpu": 65536}), 422),
     "negative cpu": (good(scope={"kind": "cpu", "cpu": -1}), 422),
-    "unknown cpu in a set": (good(scope={"kind": "cpus", "cpus": [0, 7]}), 422),
-    "unknown cpu in an affinity": (task(tid=4242, cpus=[3]), 422),
+    "unknown cpu in a set": (good(scope={"kind": "cpus", "cpus": [0, 7]}), 404),
+    "unknown cpu in an affinity": (task(tid=4242, cpus=[3]), 404),
     # scopes
     "task without tid": (task(), 422),
     "tid 0": (task(tid=0), 422),

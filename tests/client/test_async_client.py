@@ -56,7 +56,9 @@ async def test_async_admin_calls_and_refusals(shared_daemon: Daemon, tid: int) -
             taken = await holder.allocate(**fill(tid))
             with pytest.raises(Refused) as refused:
                 await late.allocate(**watch(tid, offset=2))
-            assert [b.allocation for b in refused.value.blockers] == [taken.id]
+            # Another session's holder: the daemon tells a session only its priority.
+            blockers = [(b.allocation, b.session, b.priority) for b in refused.value.blockers]
+            assert blockers == [(None, None, 300)]
             listed = await admin.allocations(tid=tid)
             assert [a.id for a in listed] == [taken.id]
             assert await admin.evict_matching(tid=tid, reason="make way") == [taken.id]

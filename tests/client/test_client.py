@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from debugreg import Client, InvalidRequest, NotFound, Refused, Session, Unauthorized
+from debugreg import Client, InvalidRequest, NotFound, Refused, Session, Unauthorized, render
 from tests.client.conftest import WAIT_S, Recorder, wait_until
 from tests.support.daemon import Daemon
 
@@ -94,7 +94,7 @@ def test_the_readme_example_prints_the_eviction(
     take_cpu0(shared_daemon)
     runner.join(WAIT_S)
     assert not runner.is_alive(), "the example never heard of its eviction"
-    assert "evicted: evicted by a" in output()
+    assert "evicted: evicted to make room for a request at priority" in output()
 
 
 def test_a_handler_hears_its_eviction_exactly_once(shared_daemon: Daemon, tid: int) -> None:
@@ -115,7 +115,9 @@ def test_a_handler_hears_its_eviction_exactly_once(shared_daemon: Daemon, tid: i
         assert [e.allocation.id for e in anyone.of("evicted") if e.allocation] == [alloc.id]
         event = own.events[0]
         assert event.allocation is not None and event.allocation.state == "evicted"
-        assert event.reason is not None and winner.id in event.reason
+        # The evictor is another session's: the reason gives its priority, not its id.
+        assert event.reason == "evicted to make room for a request at priority 300"
+        assert winner.id not in str(event)
         assert alloc.state == "evicted", "the handle's record follows the stream"
         assert spare.state == "installed"
 
@@ -126,8 +128,12 @@ def test_a_refusal_names_its_blockers(shared_daemon: Daemon, tid: int) -> None:
         with client.session("b") as second, pytest.raises(Refused) as refused:
             second.allocate(**watch(tid, offset=4))
         assert refused.value.status == 409
-        assert [b.allocation for b in refused.value.blockers] == [holder.id]
-        assert holder.id in refused.value.problem.detail
+        # Another session's holder: named by its priority and evictability alone.
+        (blocker,) = refused.value.blockers
+        assert (blocker.allocation, blocker.session, blocker.scope) == (None, None, None)
+        assert (blocker.priority, blocker.evictable) == (300, True)
+        assert holder.id not in refused.value.problem.detail
+        assert "held by another session at priority 300" in render.error_line(refused.value)
 
 
 def test_invalid_requests_and_bad_credentials_raise_typed_errors(
@@ -138,7 +144,8 @@ def test_invalid_requests_and_bad_credentials_raise_typed_errors(
             session.allocate(**watch(tid, access="read"))
         assert local.value.errors and local.value.errors[0]["field"] == "access"
         with pytest.raises(InvalidRequest) as remote:
-            session.allocate(**watch(tid) | {"scope": {"kind": "cpu", "cpu": 7}})
+            # 64 bytes need eight registers; the pool has four.
+            session.allocate(**watch(tid) | {"address": 0x7F0000001000, "length": 64})
         assert remote.value.status == 422
         with pytest.raises(Unauthorized):
             client.state()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from debugregd.core import Access, Arbiter, InvalidRequest, Refused, Request, Scope, State
+from debugregd.core import Access, Arbiter, InvalidRequest, NotFound, Refused, Request, Scope, State
 from tests.core.build import KERNEL, USER, cpu, cpus, host, request, task
 
 
@@ -184,9 +184,6 @@ def test_mode_switching_a_task_gets_the_full_file_in_each_space() -> None:
         pytest.param(request(task(1), 0x1001, 32), id="needs-more-registers-than-the-pool"),
         pytest.param(request(task(1), 0x0000800000000000, 8), id="non-canonical"),
         pytest.param(request(task(1), 0x7FFFFFFFEFFC, 8), id="crosses-user-into-kernel"),
-        pytest.param(request(cpu(2)), id="unknown-cpu"),
-        pytest.param(request(task(1, [0, 5])), id="unknown-cpu-in-affinity"),
-        pytest.param(request(cpus([1, 2])), id="unknown-cpu-in-cpu-set"),
         pytest.param(request(task(1, [])), id="empty-affinity"),
         pytest.param(request(cpus([])), id="empty-cpu-set"),
         pytest.param(request(task(1), 0x401000, 4, Access.EXEC), id="exec-length-not-1"),
@@ -202,6 +199,23 @@ def test_a_request_that_can_never_be_satisfied_is_invalid_and_stores_nothing(
     arb = host(ncpus=2)
     before = arb.snapshot()
     with pytest.raises(InvalidRequest):
+        arb.allocate(None, req, 0)
+    assert arb.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        pytest.param(request(cpu(2)), id="unknown-cpu"),
+        pytest.param(request(task(1, [0, 5])), id="unknown-cpu-in-affinity"),
+        pytest.param(request(cpus([1, 2])), id="unknown-cpu-in-cpu-set"),
+    ],
+)
+def test_a_cpu_the_host_does_not_have_is_not_found_and_stores_nothing(req: Request) -> None:
+    # Like a task that does not exist: well formed, and valid on a host with more CPUs.
+    arb = host(ncpus=2)
+    before = arb.snapshot()
+    with pytest.raises(NotFound, match=r"CPU [25] does not exist"):
         arb.allocate(None, req, 0)
     assert arb.snapshot() == before
 

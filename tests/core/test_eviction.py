@@ -106,7 +106,7 @@ def test_a_ptrace_request_is_refused_only_by_a_non_evictable_or_not_lower_holder
     assert blocker in named
     assert named[blocker]["evictable"] is False
     assert all(not b["evictable"] or b["priority"] >= PTRACE for b in named.values())
-    assert blocker in str(refused.value)
+    assert "held by 1 allocation" in str(refused.value)  # counted: the blockers name it
 
 
 def test_an_evicted_holder_is_told_who_evicted_it() -> None:
@@ -116,7 +116,11 @@ def test_an_evicted_holder_is_told_who_evicted_it() -> None:
     alloc, events = arb.allocate(None, request(task(1), priority=NORMAL), 1)
     (evicted,) = [e for e in events if e.type == "evicted"]
     assert evicted.allocation is not None and evicted.allocation["id"] == victim
-    assert evicted.data is not None and alloc.id in evicted.data["reason"]
+    assert evicted.data is not None
+    assert evicted.data["evictor"] == {"allocation": alloc.id, "session": None}
+    # The reason, kept in the victim's record, names no allocation (its evictor may belong to
+    # another session): the priority it made room for.
+    assert evicted.data["reason"] == f"evicted to make room for a request at priority {NORMAL}"
     assert arb.allocation(victim).reason == evicted.data["reason"]
     assert types(events)[:2] == ["evicted", "installed"]
 

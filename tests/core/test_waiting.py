@@ -203,3 +203,32 @@ def test_a_waiter_is_reinstalled_when_a_higher_priority_sharer_leaves_its_blocke
     _, events = arb.release(high, 2)
     assert affected(events, "evicted") == [low]
     assert state(waiter) is State.INSTALLED
+
+
+def test_a_release_looks_only_at_the_waiters_it_can_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 17: one session queued 20,000 waiters on one CPU and every release on another CPU
+    # walked them all. A waiter is looked at (its share key computed) only when the registers
+    # freed are on one of its CPUs.
+    import debugregd.core.arbiter as arbiter
+
+    arb = host(ncpus=2)
+    for i in range(4):
+        install(arb, request(cpu(1), 0x9000 + 8 * i, priority=CRITICAL))
+    for i in range(50):
+        arb.allocate(None, request(cpu(1), 0x1000 + 8 * i, wait=True), 1)
+        arb.allocate(None, request(task(100 + i, [1]), 0x4000 + 8 * i, wait=True), 1)
+    mine = install(arb, request(cpu(0), 0x8000))
+    looked: list[object] = []
+    real = arbiter.share_key
+
+    def counting(*args: object) -> object:
+        looked.append(args)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(arbiter, "share_key", counting)
+    _, events = arb.release(mine, 2)
+    assert types(events) == ["released"]
+    assert looked == []
+    assert len(arb.waiting()) == 100

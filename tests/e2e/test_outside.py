@@ -99,7 +99,8 @@ def test_a_ptrace_request_evicts_a_background_holder_not_the_outside_users(
     assert len(evicted) == 1
     assert evicted[0]["session"] == sid
     assert evicted[0]["allocation"]["id"] in {r.json()["id"] for r in low}
-    assert evicted[0]["reason"].startswith(f"evicted by {high.json()['id']} at priority 700")
+    assert evicted[0]["reason"] == "evicted to make room for a request at priority 700"
+    assert evicted[0]["evictor"]["allocation"] == high.json()["id"]
     assert "outside" in [e["type"] for e in seen]  # the kernel's refusal, recorded first
     target.poke()  # armed for real: the write is a hit of the ptrace watchpoint
     hit = first(daemon, since, lambda e: e["type"] == "hit")

@@ -259,15 +259,17 @@ class Reservations:
 
 
 def holders(refusal: Refused) -> str:
-    """Who holds the registers, as a refusal names them: 'a1, a2 (session s3, priority 900,
-    non-evictable)', or users outside debugregd by their label."""
+    """Who holds the registers, as a refusal names them to this session: 'a1, a2 (session s3,
+    priority 900, non-evictable)', another session's as 'another session's 2 (priority 900,
+    non-evictable)' (the daemon names no other session's allocations), users outside debugregd
+    by their label."""
     groups: dict[tuple[Any, ...], list[str]] = {}
     for blocker in refusal.blockers:
         if blocker.get("outside"):
             groups.setdefault((str(blocker.get("label") or "users outside debugregd"),), [])
             continue
         evictable = "evictable" if blocker.get("evictable") else "non-evictable"
-        key = (blocker.get("session") or "-", blocker.get("priority"), evictable)
+        key = (blocker.get("session"), blocker.get("priority"), evictable)
         groups.setdefault(key, []).append(str(blocker.get("allocation")))
     if not groups:
         return refusal.detail
@@ -275,8 +277,11 @@ def holders(refusal: Refused) -> str:
     for key, allocations in groups.items():
         if len(key) == 1:
             parts.append(key[0])
+            continue
+        session, priority, evictable = key
+        if session is None:
+            parts.append(f"another session's {len(allocations)} (priority {priority}, {evictable})")
         else:
-            session, priority, evictable = key
             parts.append(
                 f"{', '.join(allocations)} (session {session}, priority {priority}, {evictable})"
             )

@@ -8,13 +8,17 @@ from fastapi import APIRouter, Path, Request
 
 from debugreg import schema
 from debugregd import __version__, wire
-from debugregd.api.allocations import PROBLEMS
 from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
+from debugregd.api.document import problems
 from debugregd.api.responses import Json
 from debugregd.backends.sim import NoRoomToInject, SimBackend
 from debugregd.core import Forbidden, InvalidRequest, NotFound, Priority, Refused
 
 router = APIRouter(prefix="/v1", tags=["host"])
+
+# Path parameters, bounded as the bodies' fields are (one rule for a thread id everywhere).
+ThreadId = Annotated[int, Path(ge=1, le=schema.TID_MAX, description="a thread id")]
+CpuNumber = Annotated[int, Path(ge=0, le=schema.CPU_MAX, description="a CPU number")]
 
 
 def host_info(d: Daemon) -> dict[str, Any]:
@@ -41,7 +45,7 @@ async def host(request: Request) -> dict[str, Any]:
 
 
 @router.get(
-    "/cpus", summary="Every CPU's register files, index by index (admin)", responses=PROBLEMS
+    "/cpus", summary="Every CPU's register files, index by index (admin)", responses=problems(401)
 )
 async def cpus(request: Request) -> list[dict[str, Any]]:
     d = daemon_of(request)
@@ -49,15 +53,19 @@ async def cpus(request: Request) -> list[dict[str, Any]]:
     return [d.arbiter.cpu_view(c) for c in range(d.arbiter.ncpus)]
 
 
-@router.get("/cpus/{cpu}", summary="One CPU's register files (admin)", responses=PROBLEMS)
-async def cpu(cpu: int, request: Request) -> dict[str, Any]:
+@router.get(
+    "/cpus/{cpu}", summary="One CPU's register files (admin)", responses=problems(401, 404, 422)
+)
+async def cpu(cpu: CpuNumber, request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     admin_of(request)
     return d.arbiter.cpu_view(cpu)
 
 
-@router.get("/tasks/{tid}", summary="A task's allocations and indices (admin)", responses=PROBLEMS)
-async def task(tid: Annotated[int, Path(gt=0)], request: Request) -> dict[str, Any]:
+@router.get(
+    "/tasks/{tid}", summary="A task's allocations and indices (admin)", responses=problems(401, 422)
+)
+async def task(tid: ThreadId, request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     admin_of(request)
     view = d.arbiter.task_view(tid)
@@ -73,35 +81,36 @@ def _ptrace(who: Caller) -> None:
         )
 
 
-def _raw(d: Daemon, tid: int) -> dict[str, Any]:
+def _raw(d: Daemon, tid: int, who: Caller) -> dict[str, Any]:
     out = d.arbiter.debugregs(tid)
     for n in range(4):
         out[f"dr{n}"] = wire.hex_address(out[f"dr{n}"])
+    if not who.admin and out["session"] not in (None, who.session_id):
+        # Another session's registers: what the task's debug registers hold, not whose.
+        out["session"], out["allocations"] = None, {}
     return out
 
 
 @router.get(
     "/tasks/{tid}/debugregs",
     response_model=schema.DebugRegsState,
-    responses=PROBLEMS,
+    responses=problems(401, 403, 422),
     summary="DR0-DR3 and DR7 as last written (ptrace grant or admin)",
 )
-async def get_debugregs(tid: int, request: Request) -> dict[str, Any]:
+async def get_debugregs(tid: ThreadId, request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     who = session_of(request)
     _ptrace(who)
-    if tid <= 0:
-        raise InvalidRequest(f"tid must be a positive thread id, got {tid}")
-    return _raw(d, tid)
+    return _raw(d, tid, who)
 
 
 @router.put(
     "/tasks/{tid}/debugregs",
     response_model=schema.DebugRegsState,
-    responses=PROBLEMS,
+    responses=problems(401, 403, 404, 409, 422, 429),
     summary="Write DR0-DR3 and DR7 as ptrace would, at ptrace priority, all or nothing",
 )
-async def put_debugregs(tid: int, body: schema.DebugRegs, request: Request) -> dict[str, Any]:
+async def put_debugregs(tid: ThreadId, body: schema.DebugRegs, request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     who = session_of(request)
     _ptrace(who)
@@ -114,13 +123,13 @@ async def put_debugregs(tid: int, body: schema.DebugRegs, request: Request) -> d
             "dr7": body.dr7,
         }
     )
-    return _raw(d, tid)
+    return _raw(d, tid, who)
 
 
 @router.get(
     "/state",
     response_model=schema.Snapshot,
-    responses=PROBLEMS,
+    responses=problems(401),
     summary="Everything, consistent with `event_id` (admin)",
 )
 async def state(request: Request) -> Json:
@@ -140,7 +149,7 @@ async def state(request: Request) -> Json:
     return Json(body)
 
 
-@router.get("/stats", summary="Monotonic counters for rate charts (admin)", responses=PROBLEMS)
+@router.get("/stats", summary="Monotonic counters for rate charts (admin)", responses=problems(401))
 async def stats(request: Request) -> dict[str, int]:
     d = daemon_of(request)
     admin_of(request)
@@ -156,7 +165,7 @@ async def stats(request: Request) -> dict[str, int]:
 @router.post(
     "/sim/accesses",
     response_model=schema.SimAccessResult,
-    responses=PROBLEMS,
+    responses=problems(401, 404, 422),
     summary="Simulate a memory access; matching watchpoints report a hit (admin, sim backend)",
 )
 async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]:
@@ -181,7 +190,7 @@ async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]
 @router.get(
     "/outside",
     response_model=schema.OutsideList,
-    responses=PROBLEMS,
+    responses=problems(401),
     summary="Registers held by users outside debugregd, as last measured (admin)",
 )
 async def outside(request: Request) -> dict[str, Any]:
@@ -194,7 +203,7 @@ async def outside(request: Request) -> dict[str, Any]:
 @router.post(
     "/outside/measure",
     response_model=schema.OutsideList,
-    responses=PROBLEMS,
+    responses=problems(401),
     summary="Measure now every CPU and every target with outside holders (admin)",
 )
 async def measure_outside(request: Request) -> dict[str, Any]:
@@ -216,7 +225,7 @@ def _sim(d: Daemon) -> SimBackend:
     "/sim/outside",
     status_code=201,
     response_model=schema.SimOutside,
-    responses=PROBLEMS,
+    responses=problems(401, 404, 409, 422),
     summary="A simulated user outside debugregd takes registers in the fake kernel (admin, sim)",
 )
 async def sim_outside(body: schema.SimOutsideRequest, request: Request) -> dict[str, Any]:
@@ -227,26 +236,19 @@ async def sim_outside(body: schema.SimOutsideRequest, request: Request) -> dict[
     scope = body.scope
     tid: int | None = None
     cpus: tuple[int, ...]
-    listed = None if scope.cpus is None or scope.cpus == "all" else tuple(sorted(set(scope.cpus)))
-    if scope.kind == "task":
-        if scope.tid is None:
-            raise InvalidRequest("a task scope needs its tid")
-        tid = scope.tid
-        cpus = arb.all_cpus if listed is None else listed
-    elif scope.kind == "cpu":
-        if scope.cpu is None:
-            raise InvalidRequest("a cpu scope needs its cpu")
+    if isinstance(scope, schema.CpuScope):
         cpus = (scope.cpu,)
     else:
-        if scope.cpus is None:
-            raise InvalidRequest("a cpus scope needs cpus: a list, or 'all'")
-        cpus = arb.all_cpus if listed is None else listed
+        listed = scope.cpus
+        cpus = arb.all_cpus if listed is None or listed == "all" else tuple(sorted(set(listed)))
+        if isinstance(scope, schema.TaskScope):
+            tid = scope.tid
     for cpu in cpus:
         if cpu >= arb.ncpus:
-            raise InvalidRequest(f"CPU {cpu} does not exist; this host has CPUs 0-{arb.ncpus - 1}")
+            raise NotFound(f"CPU {cpu} does not exist; this host has CPUs 0-{arb.ncpus - 1}")
     pool = body.pool or arb.profile.data_pool
     if pool not in sim.registers:
-        raise InvalidRequest(f"no pool {pool!r}; this host has {', '.join(sim.registers)}")
+        raise NotFound(f"no pool {pool!r}; this host has {', '.join(sim.registers)}")
     try:
         injected = sim.inject(pool, tid, cpus, body.registers)
     except NoRoomToInject as exc:
@@ -257,7 +259,7 @@ async def sim_outside(body: schema.SimOutsideRequest, request: Request) -> dict[
 @router.get(
     "/sim/outside",
     response_model=list[schema.SimOutside],
-    responses=PROBLEMS,
+    responses=problems(401, 422),
     summary="The simulated users outside debugregd (admin, sim backend)",
 )
 async def sim_outside_list(request: Request) -> list[dict[str, Any]]:
@@ -269,7 +271,7 @@ async def sim_outside_list(request: Request) -> list[dict[str, Any]]:
 @router.delete(
     "/sim/outside/{injected_id}",
     response_model=schema.SimOutside,
-    responses=PROBLEMS,
+    responses=problems(401, 404, 422),
     summary="A simulated user outside debugregd lets its registers go (admin, sim backend)",
 )
 async def sim_outside_leaves(injected_id: str, request: Request) -> dict[str, Any]:
@@ -284,10 +286,10 @@ async def sim_outside_leaves(injected_id: str, request: Request) -> dict[str, An
 @router.post(
     "/sim/tasks/{tid}/exit",
     status_code=204,
-    responses=PROBLEMS,
+    responses=problems(401, 422),
     summary="A simulated task exits: its allocations expire (admin, sim backend)",
 )
-async def sim_task_exits(tid: Annotated[int, Path(gt=0, lt=1 << 31)], request: Request) -> None:
+async def sim_task_exits(tid: ThreadId, request: Request) -> None:
     d = daemon_of(request)
     admin_of(request)
     _sim(d).exit_task(tid)

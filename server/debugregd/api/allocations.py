@@ -12,15 +12,11 @@ from debugregd import wire
 from debugregd.api import idempotency, inputs
 from debugregd.api.commit import after_commit
 from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
+from debugregd.api.document import problems
 from debugregd.api.responses import Json
-from debugregd.core import Allocation, Forbidden, InvalidRequest, ScopeKind, parse_priority
+from debugregd.core import Allocation, Forbidden, ScopeKind, parse_priority
 
 router = APIRouter(prefix="/v1", tags=["allocations"])
-
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schema.Problem, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 404, 409, 413, 422)
-}
 
 
 def render(alloc: Allocation, who: Caller) -> dict[str, Any]:
@@ -53,7 +49,7 @@ def core_request(body: schema.AllocationRequest) -> dict[str, Any]:
     "/allocations",
     status_code=201,
     response_model=schema.Allocation,
-    responses=PROBLEMS,
+    responses=problems(401, 403, 404, 409, 422, 429),
     summary="Request debug registers: 201 installed or waiting, 409 refused naming the blockers",
     openapi_extra=inputs.documented(schema.AllocationRequest, header="Idempotency-Key"),
 )
@@ -62,9 +58,9 @@ async def allocate(request: Request) -> Json:
     idempotency_key = inputs.header(request, b"idempotency-key")
     d, who = daemon_of(request), session_of(request)
     if who.session is None:
-        raise InvalidRequest(
-            "allocations belong to a session: open one with POST /v1/sessions (the admin key "
-            "can grant it any priority) and use its token"
+        raise Forbidden(
+            "allocations belong to a session, and the admin key is none: open one with POST "
+            "/v1/sessions (the admin key can grant it any priority) and use its token"
         )
     command = {"op": "allocate", "session": who.session_id, "request": core_request(body)}
 
@@ -79,15 +75,15 @@ async def allocate(request: Request) -> Json:
 @router.get(
     "/allocations",
     response_model=schema.AllocationList,
-    responses=PROBLEMS,
+    responses=problems(401, 403, 422),
     summary="Allocations: a session sees its own, the admin all; live ones unless `state` is given",
 )
 async def list_allocations(
     request: Request,
     state: Annotated[schema.State | None, Query()] = None,
     session: Annotated[str | None, Query()] = None,
-    cpu: Annotated[int | None, Query(ge=0)] = None,
-    tid: Annotated[int | None, Query(gt=0)] = None,
+    cpu: Annotated[int | None, Query(ge=0, le=schema.CPU_MAX)] = None,
+    tid: Annotated[int | None, Query(ge=1, le=schema.TID_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> Json:
     d, who = daemon_of(request), session_of(request)
@@ -135,7 +131,7 @@ def _visible(alloc: Allocation, who: Caller) -> None:
 @router.get(
     "/allocations/{allocation_id}",
     response_model=schema.Allocation,
-    responses=PROBLEMS,
+    responses=problems(401, 403, 404),
     summary="One allocation",
 )
 async def get_allocation(allocation_id: str, request: Request) -> Json:
@@ -149,7 +145,7 @@ async def get_allocation(allocation_id: str, request: Request) -> Json:
 @router.delete(
     "/allocations/{allocation_id}",
     response_model=schema.Allocation,
-    responses=PROBLEMS,
+    responses=problems(401, 403, 404),
     summary="Release (owner or admin); idempotent",
     openapi_extra=inputs.documented(path="allocation_id"),
 )
@@ -170,7 +166,7 @@ async def release(request: Request) -> Json:
 @router.post(
     "/allocations/{allocation_id}/evict",
     response_model=schema.Allocation,
-    responses=PROBLEMS,
+    responses=problems(401, 404, 409, 422),
     summary="Evict one allocation (admin)",
 )
 async def evict(allocation_id: str, body: schema.EvictRequest, request: Request) -> Json:
@@ -183,7 +179,7 @@ async def evict(allocation_id: str, body: schema.EvictRequest, request: Request)
 @router.post(
     "/evictions",
     response_model=schema.BulkEvictResult,
-    responses=PROBLEMS,
+    responses=problems(401, 404, 422),
     summary="Evict every installed allocation matching cpu, tid and below_priority (admin)",
 )
 async def evict_matching(body: schema.BulkEvictRequest, request: Request) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from debugregd.api import (
     admin,
     allocations,
     dashboard,
+    document,
     errors,
     events,
     inputs,
@@ -199,6 +200,8 @@ def open_runtime(settings: Settings, metrics: Metrics, opened: Opened | None = N
         yield_to_tracers=settings.yield_to_tracers,
         hit_interval=settings.hit_interval_s,
         snapshot_every=settings.snapshot_every,
+        max_allocations_per_session=settings.max_allocations_per_session,
+        max_waiting_per_session=settings.max_waiting_per_session,
     )
     metrics.watch(lambda: runtime.arbiter, lambda: runtime.hub, lambda: runtime.stats)
     return runtime
@@ -255,6 +258,7 @@ def create_app(
     app.router.routes[:0] = [route for module in modules for route in module.router.routes]
     app.mount("/static", StaticFiles(directory=dashboard.STATIC, check_dir=False), name="static")
     inputs.install(app)
+    document.install(app)
     return app
 
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from starlette.types import Receive, Scope, Send
 
 from debugregd.api import commit, inputs
-from debugregd.api.errors import Problem, journal_failed, unauthorized
+from debugregd.api.errors import CALLER, Problem, journal_failed, unauthorized
 from debugregd.api.hosts import ANY_NAME, HostAllowlist, host_header
 from debugregd.config import Settings
 from debugregd.core import Arbiter, Session
@@ -109,7 +109,14 @@ def daemon_of(request: Request) -> Daemon:
 
 
 def caller_of(request: Request) -> Caller:
-    """Who is asking, from the bearer token or the dashboard cookie; anyone when neither."""
+    """Who is asking, from the bearer token or the dashboard cookie; anyone when neither.
+    Noted in the request's scope, where the error mapping reads who an answer is for."""
+    who = _identify(request)
+    request.scope[CALLER] = who
+    return who
+
+
+def _identify(request: Request) -> Caller:
     d: Daemon = request.scope["app"].daemon
     header = inputs.header(request, b"authorization")
     if header:

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from debugregd.api.context import COOKIE, COOKIE_TTL_S, caller_of, daemon_of
+from debugregd.api.document import problems
 from debugregd.api.errors import unauthorized
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -32,7 +33,10 @@ async def index() -> FileResponse:
 
 
 @router.post(
-    "/v1/auth/login", status_code=204, summary="Sign in to the dashboard with the admin key"
+    "/v1/auth/login",
+    status_code=204,
+    responses=problems(401, 422),
+    summary="Sign in to the dashboard with the admin key",
 )
 async def login(body: Login, request: Request) -> Response:
     d = daemon_of(request)
@@ -57,7 +61,11 @@ async def logout() -> Response:
     return response
 
 
-@router.get("/v1/auth/me", summary="Whether this browser is signed in as admin")
+@router.get(
+    "/v1/auth/me",
+    responses=problems(401),
+    summary="Whether this browser is signed in as admin",
+)
 async def me(request: Request) -> dict[str, bool]:
     who = caller_of(request)
     return {"admin": who.admin}

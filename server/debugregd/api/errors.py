@@ -7,13 +7,16 @@ missing token); nothing else in the API layer knows about status codes of errors
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
 
+from debugregd import wire
 from debugregd.api.responses import Json
 from debugregd.core import (
     CoreError,
@@ -23,12 +26,13 @@ from debugregd.core import (
     NotFound,
     Refused,
 )
-from debugregd.core.errors import KernelRefused, Unavailable
+from debugregd.core.errors import KernelRefused, LimitReached, Unavailable
 from debugregd.runtime import JournalFailed
 
 log = logging.getLogger("debugregd.api")
 
 PROBLEM = "application/problem+json"
+CALLER = "debugregd.caller"  # the scope key where `context.caller_of` notes who asked
 STATUS: dict[type[CoreError], int] = {
     InvalidRequest: 422,
     NotFound: 404,
@@ -36,6 +40,7 @@ STATUS: dict[type[CoreError], int] = {
     InvalidTransition: 409,
     Refused: 409,
     KernelRefused: 409,  # the runtime records and retries these; one that escapes is a refusal
+    LimitReached: 429,
     Unavailable: 503,
 }
 
@@ -99,11 +104,27 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _reader(request: Request) -> str | None:
+    """Who reads this answer, as `context.caller_of` found (and noted): None for the admin,
+    else a session id ("" for no session: whoever was not told apart sees the least)."""
+    who = request.scope.get(CALLER)
+    if who is None:
+        return ""
+    return None if who.admin else who.session_id or ""
+
+
 async def _core(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, CoreError)
     status = STATUS.get(type(exc), 422)
+    extra = exc.extra
+    if isinstance(exc, Refused):
+        extra = {**extra, "blockers": wire.blockers_for(exc.blockers, _reader(request))}
     headers = {"Retry-After": "1"} if status == 503 else None
-    return problem(status, exc.kind, exc.title, exc.detail, headers, **exc.extra)
+    if isinstance(exc, LimitReached) and exc.limit == "streams":
+        # A stream whose client vanished without closing is noticed at its next heartbeat.
+        heartbeat = request.scope["app"].daemon.settings.heartbeat_s
+        headers = {"Retry-After": str(max(1, math.ceil(heartbeat)))}
+    return problem(status, exc.kind, exc.title, exc.detail, headers, **extra)
 
 
 async def _problem(request: Request, exc: Exception) -> Json:
@@ -128,17 +149,34 @@ async def _validation(request: Request, exc: Exception) -> Json:
     )
 
 
+def _allowed(request: Request) -> list[str]:
+    """Every method some route answers on this path: Starlette's 405 names only those of the
+    first route that matched the path, and each method of a path is a route of its own."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods.update(route.methods)
+    return sorted(methods)
+
+
 async def _http(request: Request, exc: Exception) -> Json:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
     hints = {404: f"no route {request.url.path}; see /docs for the API"}
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        allowed = _allowed(request)
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        hints[405] = f"{request.url.path} answers {', '.join(allowed)}, not {request.method}"
     return problem(
         exc.status_code,
         titles.get(exc.status_code, "HTTP error").lower().replace(" ", "-"),
         titles.get(exc.status_code, "HTTP error"),
         hints.get(exc.status_code, detail),
-        dict(exc.headers) if exc.headers else None,
+        headers,
     )
 
 

@@ -14,11 +14,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
+from starlette.types import Receive, Scope, Send
 
 from debugregd import wire
 from debugregd.api import inputs
 from debugregd.api.context import Daemon, admin_of, daemon_of, session_of
+from debugregd.api.document import problems
 from debugregd.api.sessions import owned
+from debugregd.core import NotFound
+from debugregd.core.errors import LimitReached
+from debugregd.hub import EventHub, Subscriber
 from debugregd.store.journal import StoredEvent
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -35,15 +40,20 @@ def resume_from(since: int | None, last_event_id: str | None) -> int | None:
     return inputs.number(last_event_id, "Last-Event-ID (an event id)")
 
 
-def _sse(ev: StoredEvent) -> bytes:
-    return format_sse_event(data_str=ev.body, event=ev.type, id=str(ev.id))
+def _sse(ev: StoredEvent, reader: str | None) -> bytes:
+    """An event as `reader` (a session; None: the admin) may see it (`wire.event_for`)."""
+    body = wire.event_for(ev.type, ev.body, reader)
+    return format_sse_event(data_str=body, event=ev.type, id=str(ev.id))
 
 
-async def stream(d: Daemon, since: int | None, session: str | None) -> AsyncIterator[bytes]:
-    """Replay what the client missed, then follow live; ends on shutdown or when cut off."""
+async def stream(
+    d: Daemon, since: int | None, session: str | None, sub: Subscriber, reader: str | None
+) -> AsyncIterator[bytes]:
+    """Replay what the client missed, then follow live; ends on shutdown or when cut off.
+    `sub` was subscribed before the history is read, so nothing falls in between; events are
+    shown as `reader` may see them (a session; None: the admin)."""
     rt = d.rt
     hub = rt.hub
-    sub = hub.subscribe(session)  # before reading history, so nothing falls in between
     try:
         last = hub.published_id if since is None else since
         if since is not None and since != hub.published_id:
@@ -69,7 +79,7 @@ async def stream(d: Daemon, since: int | None, session: str | None) -> AsyncIter
                         break
                     for ev in page:
                         if ev.id > last and (session is None or ev.session == session):
-                            yield _sse(ev)
+                            yield _sse(ev, reader)
                             if session is not None and ev.type == "session_closed":
                                 return
                         last = max(last, ev.id)
@@ -85,7 +95,7 @@ async def stream(d: Daemon, since: int | None, session: str | None) -> AsyncIter
             live = sub.pending.popleft()
             if live.id > last:
                 last = live.id
-                yield _sse(live)
+                yield _sse(live, reader)
                 # Resumed here once the server has sent the bytes on: the event is delivered.
                 published = hub.published_at(live.id)
                 if published is not None:
@@ -96,16 +106,34 @@ async def stream(d: Daemon, since: int | None, session: str | None) -> AsyncIter
         hub.unsubscribe(sub)
 
 
-def respond(d: Daemon, since: int | None, session: str | None) -> EventSourceResponse:
+class StreamResponse(EventSourceResponse):
+    """An event stream that ends its subscription when the response ends, whether or not its
+    body ever started (a client gone before the first byte never starts it)."""
+
+    def __init__(self, body: AsyncIterator[bytes], hub: EventHub, sub: Subscriber) -> None:
+        super().__init__(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.hub, self.sub = hub, sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.hub.unsubscribe(self.sub)
+
+
+def respond(
+    d: Daemon, since: int | None, session: str | None, *, reader: str | None = None
+) -> EventSourceResponse:
     # The routes return FastAPI's EventSourceResponse over events encoded by its
     # `format_sse_event` rather than yield from the route: the generator form runs a task
     # group, two tasks and two memory streams per stream (about 25 KB), which 10,000 idle
     # subscribers cannot afford, and would need the checks to be dependencies to fail before
-    # the stream starts. The heartbeat is the stream's own.
-    return EventSourceResponse(
-        stream(d, since, session),
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    # the stream starts. The heartbeat is the stream's own. The subscription is taken here,
+    # as the route answers, so that the per-session limit counts it at once.
+    hub = d.rt.hub
+    # A stream the session's own token opened counts toward its limit.
+    sub = hub.subscribe(session, counted=reader is not None)
+    return StreamResponse(stream(d, since, session, sub, reader), hub, sub)
 
 
 SINCE = Query(ge=0, le=inputs.NUMBER_MAX, description="resume after this event id")
@@ -132,7 +160,7 @@ STREAM: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/events",
     response_class=Response,
-    responses=STREAM,
+    responses={**STREAM, **problems(401, 422)},
     summary="Every event (admin); resume with Last-Event-ID or ?since=",
 )
 async def all_events(
@@ -147,7 +175,7 @@ async def all_events(
 @router.get(
     "/sessions/{session_id}/events",
     response_class=Response,
-    responses=STREAM,
+    responses={**STREAM, **problems(401, 403, 404, 422, 429)},
     tags=["sessions"],
     summary="This session's notices (evicted, moved, reinstalled, hit...); resumable",
 )
@@ -157,5 +185,20 @@ async def session_events(
     since: Annotated[int | None, SINCE] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    owned(session_of(request), session_id)
-    return respond(daemon_of(request), resume_from(since, last_event_id), session_id)
+    who, d = session_of(request), daemon_of(request)
+    owned(who, session_id)
+    if session_id not in d.arbiter.sessions:
+        # A closed session's stream would stay open with nothing ever to say.
+        raise NotFound(f"no open session {session_id!r}; it was closed or expired")
+    resume = resume_from(since, last_event_id)
+    limit = d.settings.max_streams_per_session
+    if not who.admin and limit and d.rt.hub.streams_held(session_id) >= limit:
+        raise LimitReached(
+            f"session {session_id} holds {limit} event streams open, as many as a session may "
+            "(--max-streams-per-session); close one (one stream carries all of a session's "
+            "events), or retry after Retry-After seconds, by when a stream whose client is "
+            "gone has been noticed and closed",
+            "streams",
+            limit,
+        )
+    return respond(d, resume, session_id, reader=None if who.admin else session_id)

@@ -61,8 +61,8 @@ async def respond(
     """Run `produce` once per key and caller; `at_rest(answer)` is journaled with the change
     itself, and the answer sent once that is committed. A retry gets `replayed(stored)`.
 
-    A key reused with a different `body` is a 422, so a key can never hand one request's
-    answer to a different request.
+    A key reused with a different `body` is a 409 (it conflicts with the request the key
+    already stands for), so a key can never hand one request's answer to a different request.
     """
     if key is not None and len(key) > 200:
         raise Problem(
@@ -80,7 +80,7 @@ async def respond(
         first = json.loads(stored[1])
         if first["fingerprint"] != print_:
             raise Problem(
-                422,
+                409,
                 "idempotency-key-reused",
                 "Idempotency-Key reused",
                 "this Idempotency-Key was already used with a different request body; use a new "

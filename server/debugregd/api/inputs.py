@@ -26,6 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 # Event ids, sequence numbers and times all fit in SQLite's signed 64-bit integers: 19 digits.
 NUMBER_DIGITS = 19
 NUMBER_MAX = 2**63 - 1
+HEADER_MAX = 200  # characters of a documented string header (Idempotency-Key)
 
 _documented: dict[str, type[BaseModel]] = {}
 
@@ -114,7 +115,8 @@ def documented(
         string = {"title": title, "type": "string"}
         parameters.append({"in": "path", "name": path, "required": True, "schema": string})
     if header is not None:
-        optional = {"anyOf": [{"type": "string"}, {"type": "null"}], "title": header.title()}
+        text = {"type": "string", "maxLength": HEADER_MAX}
+        optional = {"anyOf": [text, {"type": "null"}], "title": header.title()}
         name = header.lower()
         parameters.append({"in": "header", "name": name, "required": False, "schema": optional})
     if parameters:

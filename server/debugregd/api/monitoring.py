@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from debugreg import schema
 from debugregd.api.context import daemon_of
+from debugregd.api.document import problems
 from debugregd.api.errors import Problem
 
 router = APIRouter(tags=["monitoring"])
@@ -18,7 +19,7 @@ router = APIRouter(tags=["monitoring"])
 @router.get(
     "/healthz",
     response_model=schema.Health,
-    responses={503: {"model": schema.Problem, "content": {"application/problem+json": {}}}},
+    responses=problems(503),
     summary="Liveness and readiness: ok, or a 503 problem (starting, stopping, journal failed)",
 )
 async def healthz(request: Request) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from debugreg import schema
-from debugregd.api import idempotency
+from debugregd.api import idempotency, inputs
 from debugregd.api.context import Caller, Daemon, caller_of, daemon_of, session_of
+from debugregd.api.document import problems
 from debugregd.api.errors import Problem
 from debugregd.api.responses import Json
 from debugregd.core import Forbidden, NotFound, Priority, parse_priority
@@ -48,17 +49,15 @@ def owned(who: Caller, session_id: str) -> None:
     "",
     status_code=201,
     response_model=schema.Session,
-    responses={
-        403: {"model": schema.Problem},
-        409: {"model": schema.Problem},
-        422: {"model": schema.Problem},
-    },
+    responses=problems(401, 403, 409, 422),
     summary="Open a session (a lease); grants above the defaults need the admin key",
 )
 async def open_session(
     body: schema.SessionRequest,
     request: Request,
-    idempotency_key: Annotated[str | None, Header(description=RETRY)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(description=RETRY, max_length=inputs.HEADER_MAX)
+    ] = None,
 ) -> Json:
     d, who = daemon_of(request), caller_of(request)
     top = (
@@ -122,7 +121,12 @@ async def open_session(
     )
 
 
-@router.get("", response_model=list[schema.SessionInfo], summary="Every open session (admin)")
+@router.get(
+    "",
+    response_model=list[schema.SessionInfo],
+    responses=problems(401),
+    summary="Every open session (admin); a session token sees its own",
+)
 async def list_sessions(request: Request) -> list[dict[str, Any]]:
     d = daemon_of(request)
     who = session_of(request)
@@ -132,7 +136,12 @@ async def list_sessions(request: Request) -> list[dict[str, Any]]:
     return [s.to_dict() for s in d.arbiter.sessions.values()]
 
 
-@router.get("/{session_id}", response_model=schema.SessionInfo, summary="One session")
+@router.get(
+    "/{session_id}",
+    response_model=schema.SessionInfo,
+    responses=problems(401, 403, 404),
+    summary="One session (itself, or the admin)",
+)
 async def get_session(session_id: str, request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     who = session_of(request)
@@ -143,7 +152,7 @@ async def get_session(session_id: str, request: Request) -> dict[str, Any]:
 @router.post(
     "/{session_id}/keepalive",
     response_model=schema.Keepalive,
-    responses={404: {"model": schema.Problem}},
+    responses=problems(401, 403, 404),
     summary="Renew the lease for another TTL",
 )
 async def keepalive(session_id: str, request: Request) -> dict[str, float]:
@@ -157,7 +166,7 @@ async def keepalive(session_id: str, request: Request) -> dict[str, float]:
 @router.delete(
     "/{session_id}",
     status_code=204,
-    responses={404: {"model": schema.Problem}},
+    responses=problems(401, 403, 404),
     summary="Close the session and release everything it held",
 )
 async def close_session(session_id: str, request: Request) -> Response:

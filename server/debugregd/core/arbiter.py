@@ -9,9 +9,9 @@ Every public operation either applies fully and returns the events it caused, in
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from debugregd.core.errors import (
     InvalidRequest,
     InvalidTransition,
     KernelRefused,
+    LimitReached,
     NotFound,
     Refused,
     Unavailable,
@@ -149,6 +150,10 @@ class Arbiter:
         # below ptrace must leave free, and the tasks a tracer is attached to, by who traces.
         self.reserved_for_ptrace = 0
         self.traced: dict[int, str] = {}
+        # Per-session limits (0: none), so that no one session can make every decision slow:
+        # its live allocations, and the waiting ones its requests may add to the queue.
+        self.max_allocations_per_session = 0
+        self.max_waiting_per_session = 0
         self.event_id = 0
         self.generation = 0
         self._seq = 0  # arrival and install order
@@ -156,11 +161,16 @@ class Arbiter:
         self._next_session = 0
         self._shared: dict[tuple[Any, ...], Watchpoint] = {}
         self._waiting: list[tuple[int, int, str]] = []  # (-priority, seq, id): service order
+        # The same waiters indexed by what can serve them (`_waiter_keys`), each list in service
+        # order: freeing registers looks only at the waiters of the CPUs and tasks it freed.
+        self._waiters: dict[tuple[Any, ...], list[tuple[int, int, str]]] = {}
+        self._waiting_of: dict[str, int] = {}  # session id -> its waiting allocations
         self._expiry: list[tuple[float, str]] = []  # lazy heap of (expires_at, session id)
-        # Per-operation scratch: events so far, index baselines for `moved`, freed budgets.
+        # Per-operation scratch: events so far, index baselines for `moved`, and the keys of
+        # `_waiters` whose waiters may fit now (("budget", name): every waiter of a budget).
         self._events: list[Event] = []
         self._baseline: dict[Watchpoint, dict[int, tuple[int, ...]]] = {}
-        self._freed: set[str] = set()
+        self._freed: set[tuple[Any, ...]] = set()
         self._held_back: set[str] = set()
         self._announced: dict[str, dict[int, tuple[int, ...]]] = {}
         # Budgets to reconsider at the next operation: an admin requeued a waiter there that
@@ -262,6 +272,8 @@ class Arbiter:
         if session_id is not None:
             session = self.sessions.get(session_id) or self.session(session_id)
         pool, space, chunks, cpus = self._validate(request, session)
+        if session is not None:
+            self._check_allocation_limit(session, 1)
         budget = self.budgets[pool if not self.mode_switching else f"{pool}/{space.value}"]
         tid = request.scope.tid
         key = share_key(budget.name, tid, cpus, chunks, request.access, request.arm)
@@ -269,8 +281,13 @@ class Arbiter:
         wp = self._shared.get(key)
         if wp is None:
             plan = self._plan_for(budget, tid, cpus, len(chunks), request.priority)
-        if not plan.fits and not request.wait:
-            raise Refused(self._refusal_detail(request, plan.blockers), self._name(plan.blockers))
+        if not plan.fits:
+            if not request.wait:
+                raise Refused(
+                    self._refusal_detail(request, plan.blockers), self._name(plan.blockers)
+                )
+            if session is not None:
+                self._check_waiting_limit(session)
         if plan.fits and wp is None:
             # The kernel is asked before anything changes: a refusal leaves no trace.
             wp = self._watchpoint(key, budget, tid, cpus, len(chunks), space)
@@ -280,7 +297,7 @@ class Arbiter:
         if plan.fits:
             assert wp is not None
             if plan.victims:
-                self._evict_all(plan.victims, now, _evicted_by(alloc))
+                self._evict_all(plan.victims, now, *self._evicted_for(alloc))
             self._install(alloc, wp, budget, ON_ADMIT, now)
         else:
             self._queue(alloc, now, plan.blockers)
@@ -346,6 +363,33 @@ class Arbiter:
         """Waiting allocations in service order: priority, then first come first served."""
         return [self.allocations[aid] for _, _, aid in self._waiting]
 
+    def waiting_of(self, session_id: str) -> int:
+        """How many of a session's allocations are waiting."""
+        return self._waiting_of.get(session_id, 0)
+
+    def _check_allocation_limit(self, session: Session, more: int) -> None:
+        limit = self.max_allocations_per_session
+        if limit and len(session.allocations) + more > limit:
+            raise LimitReached(
+                f"session {session.id} holds {len(session.allocations)} live allocations "
+                f"(installed or waiting) and may hold at most {limit}; release some first "
+                "(DELETE /v1/allocations/{id}), or spread the work over more sessions",
+                "allocations",
+                limit,
+            )
+
+    def _check_waiting_limit(self, session: Session) -> None:
+        limit = self.max_waiting_per_session
+        waiting = self._waiting_of.get(session.id, 0)
+        if limit and waiting >= limit:
+            raise LimitReached(
+                f"session {session.id} has {waiting} allocations waiting and may queue at most "
+                f"{limit}; release a waiting one first, or ask without wait: true (a request "
+                "that fits is still installed)",
+                "waiting",
+                limit,
+            )
+
     # ------------------------------------------------------------------ raw x86 ABI
 
     def set_debugregs(
@@ -390,6 +434,8 @@ class Arbiter:
             for n, aid in old.items()
             if n not in keep and aid in self.allocations
         ]
+        if session is not None and len(wanted) > len(dropped):
+            self._check_allocation_limit(session, len(wanted) - len(dropped))
         key = self._budget_key(self.profile.data_pool, SPACE_USER)
         budget = self.budgets[key]
         # A register goes away only when every allocation sharing it is being replaced.
@@ -440,7 +486,12 @@ class Arbiter:
         self._begin()
         for alloc in dropped:
             self._finish(alloc, ON_RELEASE, now, "replaced by a debug register write")
-        self._evict_all(plan.victims, now, f"evicted by a ptrace write for task {tid}")
+        self._evict_all(
+            plan.victims,
+            now,
+            f"evicted to make room for a debug register write at priority {int(Priority.PTRACE)}",
+            {"allocation": None, "session": session_id, "tid": tid},
+        )
         if raw is None:
             raw = self.raw[tid] = RawTask(tid, session_id)
         raw.session, raw.addresses, raw.dr7, raw.allocations = session_id, addresses, dr7, keep
@@ -645,20 +696,44 @@ class Arbiter:
 
     # ------------------------------------------------------------------ debuggers that do not ask
 
-    def configure(self, now: float, *, reserved_for_ptrace: int) -> list[Event]:
-        """Keep `reserved_for_ptrace` registers per CPU out of reach of requests below ptrace,
-        so a debugger that does not ask (ptrace) always finds that many. Holders already above
-        the line stay; fewer kept back serves waiters."""
+    def configure(
+        self,
+        now: float,
+        *,
+        reserved_for_ptrace: int | None = None,
+        max_allocations_per_session: int | None = None,
+        max_waiting_per_session: int | None = None,
+    ) -> list[Event]:
+        """Change host settings that decide admission (each one given; None leaves it):
+
+        - `reserved_for_ptrace` registers per CPU are kept out of reach of requests below
+          ptrace, so a debugger that does not ask (ptrace) always finds that many. Holders
+          already above the line stay; fewer kept back serves waiters.
+        - `max_allocations_per_session` live (installed or waiting) allocations, and
+          `max_waiting_per_session` waiting ones its requests may queue, per session (0: no
+          limit). What a session holds already stays; only new requests are refused.
+        """
         smallest = min(b.slots for b in self.budgets.values())
-        if not 0 <= reserved_for_ptrace < smallest:
+        if reserved_for_ptrace is not None and not 0 <= reserved_for_ptrace < smallest:
             raise InvalidRequest(
                 f"reserve_for_ptrace must be from 0 to {smallest - 1} (this host's pools have "
                 f"{smallest} registers), got {reserved_for_ptrace}"
             )
+        for name, limit in (
+            ("max_allocations_per_session", max_allocations_per_session),
+            ("max_waiting_per_session", max_waiting_per_session),
+        ):
+            if limit is not None and limit < 0:
+                raise InvalidRequest(f"{name} must be 0 (no limit) or more, got {limit}")
         self._begin()
-        if reserved_for_ptrace < self.reserved_for_ptrace:
-            self._freed.update(self.budgets)
-        self.reserved_for_ptrace = reserved_for_ptrace
+        if reserved_for_ptrace is not None:
+            if reserved_for_ptrace < self.reserved_for_ptrace:
+                self._free_budgets(self.budgets)
+            self.reserved_for_ptrace = reserved_for_ptrace
+        if max_allocations_per_session is not None:
+            self.max_allocations_per_session = max_allocations_per_session
+        if max_waiting_per_session is not None:
+            self.max_waiting_per_session = max_waiting_per_session
         return self._end(now)
 
     def trace(self, tid: int, tracer: str, now: float) -> list[Event]:
@@ -685,7 +760,7 @@ class Arbiter:
         if self.traced.pop(tid, None) is None:
             return []
         self._begin()
-        self._freed.update(self.budgets)
+        self._free_budgets(self.budgets)
         return self._end(now)
 
     def _outside_counts(
@@ -730,16 +805,18 @@ class Arbiter:
         holder = self.outside.get((budget, *target))
         return (0, 0) if holder is None else (holder.measured, holder.held)
 
+    def _outside_place(self, target: OutsideTarget) -> tuple[int | None, tuple[int, ...]]:
+        """Where an outside holder of `target` counts: (task or None for CPU-wide, CPUs)."""
+        kind, n = target
+        if kind == "cpu":
+            return None, (n,)
+        if kind == "task":
+            return n, self.all_cpus
+        return -(n + 1), (n,)  # a task debugregd does not manage, seen on CPU n: runs only there
+
     def _outside_watchpoint(self, budget: str, target: OutsideTarget, weight: int) -> Watchpoint:
         kind, n = target
-        tid: int | None
-        cpus: tuple[int, ...]
-        if kind == "cpu":
-            tid, cpus = None, (n,)
-        elif kind == "task":
-            tid, cpus = n, self.all_cpus
-        else:  # a task debugregd does not manage, seen on CPU n: one that runs only there
-            tid, cpus = -(n + 1), (n,)
+        tid, cpus = self._outside_place(target)
         key = ("outside", budget, kind, n)
         return Watchpoint(key, budget, tid, cpus, weight, False, 0, outside=target)
 
@@ -761,7 +838,7 @@ class Arbiter:
             registers.assign(budget, old, note)  # what stays packs down
             old.indices = {}
         if measured < before[0] or held < before[1]:
-            self._freed.add(budget.name)  # room came back, or the kernel shows less held
+            self._free(budget.name, *self._outside_place(target))  # room came back, or less held
         if not measured:
             self.outside.pop(key, None)
         else:
@@ -907,6 +984,8 @@ class Arbiter:
             "raw": [r.to_dict() for r in self.raw.values()],
             "recheck": sorted(self._recheck),
             "reserved_for_ptrace": self.reserved_for_ptrace,
+            "max_allocations_per_session": self.max_allocations_per_session,
+            "max_waiting_per_session": self.max_waiting_per_session,
             "traced": {str(tid): tracer for tid, tracer in self.traced.items()},
             "outside": [
                 {
@@ -956,7 +1035,7 @@ class Arbiter:
             alloc = _alloc_from_state(item)
             arb.allocations[alloc.id] = alloc
             if alloc.state is WAITING:
-                insort(arb._waiting, (-alloc.priority, alloc.seq, alloc.id))
+                arb._enqueue(alloc)
         for item in data["history"]:
             alloc = _alloc_from_state(item)
             arb.history[alloc.id] = alloc
@@ -991,6 +1070,8 @@ class Arbiter:
             registers.assign(budget, wp, lambda _wp: None)
         arb._recheck = set(data.get("recheck", ()))
         arb.reserved_for_ptrace = data.get("reserved_for_ptrace", 0)
+        arb.max_allocations_per_session = data.get("max_allocations_per_session", 0)
+        arb.max_waiting_per_session = data.get("max_waiting_per_session", 0)
         arb.traced = {int(tid): tracer for tid, tracer in data.get("traced", {}).items()}
         for r in data["raw"]:
             arb.raw[r["tid"]] = RawTask(
@@ -1051,8 +1132,10 @@ class Arbiter:
         return pool, space, chunks, self._cpus_of(scope)
 
     def _check_cpu(self, cpu: int) -> None:
+        # Not found, like a task that does not exist: the request is well formed, and valid on
+        # a host with more CPUs.
         if not 0 <= cpu < self.ncpus:
-            raise InvalidRequest(f"CPU {cpu} does not exist; this host has CPUs 0-{self.ncpus - 1}")
+            raise NotFound(f"CPU {cpu} does not exist; this host has CPUs 0-{self.ncpus - 1}")
 
     def _check_tid(self, tid: int) -> None:
         if not 0 < tid < 1 << 31:
@@ -1138,8 +1221,16 @@ class Arbiter:
         return out
 
     def _refusal_detail(self, request: Request, blockers: list[Watchpoint]) -> str:
-        named = ", ".join(a.id for wp in blockers[:4] for a in wp.holders[:1])
-        why = f"held by {named}, which priority {request.priority} may not evict" if named else ""
+        # Counted, not named: a refusal goes to sessions that may not see other sessions' ids
+        # (the blockers list them, for the reader who may).
+        held = sum(len(wp.holders) for wp in blockers if wp.outside is None)
+        allocations = "allocation" if held == 1 else "allocations"
+        why = (
+            f"held by {held} {allocations} that priority {request.priority} may not evict "
+            "(see blockers)"
+            if held
+            else ""
+        )
         outside = "; ".join(
             dict.fromkeys(_outside_phrase(wp) for wp in blockers if wp.outside is not None)
         )
@@ -1164,7 +1255,7 @@ class Arbiter:
         if self._freed:
             self._freed.clear()
         if self._recheck:
-            self._freed.update(self._recheck)
+            self._free_budgets(self._recheck)
             self._recheck.clear()
 
     def _end(self, now: float) -> list[Event]:
@@ -1297,7 +1388,7 @@ class Arbiter:
     def _queue(self, alloc: Allocation, now: float, blockers: list[Watchpoint]) -> None:
         alloc.state = next_state(alloc.state, ON_QUEUE)
         alloc.updated_at = now
-        insort(self._waiting, (-alloc.priority, alloc.seq, alloc.id))
+        self._enqueue(alloc)
         self._emit("waiting", now, alloc.session, alloc, {"blockers": self._name(blockers)})
 
     def _detach(self, alloc: Allocation) -> None:
@@ -1312,8 +1403,8 @@ class Arbiter:
             self.kernel.disarm(wp)
         wp.holders.remove(alloc)
         # Even when others still hold it, the register may now be weaker (lower priority, or
-        # evictable), so waiters of this budget are reconsidered.
-        self._freed.add(wp.pool)
+        # evictable), so the waiters it competes with are reconsidered.
+        self._free(wp.pool, wp.tid, wp.cpus)
         if wp.holders:
             return
         budget = self.budgets[wp.pool]
@@ -1330,7 +1421,7 @@ class Arbiter:
         if state is INSTALLED:
             self._detach(alloc)
         else:
-            self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
+            self._dequeue(alloc)
         alloc.updated_at = now
         alloc.reason = reason
         self._retire(alloc)
@@ -1346,25 +1437,56 @@ class Arbiter:
         while len(self.history) > self.history_limit:
             self.history.popitem(last=False)
 
-    def _evict_all(self, victims: list[Watchpoint], now: float, reason: str) -> None:
+    @staticmethod
+    def _evicted_for(alloc: Allocation) -> tuple[str, dict[str, Any]]:
+        """The reason given to holders evicted to make room for `alloc`, and who it is.
+
+        The reason names no allocation: it is kept in the victim's record, which its owner
+        reads, and the evictor may belong to another session. The `evictor` goes in the event
+        only (streams show it to the admin, and to its own session)."""
+        reason = f"evicted to make room for a request at priority {alloc.priority}"
+        if not alloc.arm and alloc.label:
+            # A reservation is a debugger's, which its victims are told of by name (its label,
+            # e.g. "gdb watchpoint 1 (pid 4242)"): what they wait for is that debugger.
+            reason = f"{reason}: {alloc.label}"
+        return reason, {"allocation": alloc.id, "session": alloc.session}
+
+    def _evict_all(
+        self,
+        victims: list[Watchpoint],
+        now: float,
+        reason: str,
+        evictor: dict[str, Any] | None = None,
+    ) -> None:
         for wp in victims:
             for alloc in list(wp.holders):
-                self._evict_one(alloc, now, reason, admin=False)
+                self._evict_one(alloc, now, reason, admin=False, evictor=evictor)
 
-    def _evict_one(self, alloc: Allocation, now: float, reason: str, *, admin: bool) -> None:
+    def _evict_one(
+        self,
+        alloc: Allocation,
+        now: float,
+        reason: str,
+        *,
+        admin: bool,
+        evictor: dict[str, Any] | None = None,
+    ) -> None:
         requeue = alloc.on_evict is EVICT_TO_WAIT
         alloc.state = next_state(alloc.state, ON_EVICT_TO_WAIT if requeue else ON_EVICT)
         self._detach(alloc)
         alloc.updated_at = now
         alloc.reason = reason
         if requeue:
-            insort(self._waiting, (-alloc.priority, alloc.seq, alloc.id))
+            self._enqueue(alloc)
             if admin:
                 self._held_back.add(alloc.id)
                 self._recheck.add(self._budget_key(alloc.pool, alloc.space))
         else:
             self._retire(alloc)
-        self._emit("evicted", now, alloc.session, alloc, {"reason": reason})
+        data: dict[str, Any] = {"reason": reason}
+        if evictor is not None:
+            data["evictor"] = evictor
+        self._emit("evicted", now, alloc.session, alloc, data)
 
     def _end_session(self, session: Session, now: float, trigger: Trigger, why: str) -> None:
         for aid in list(session.allocations):
@@ -1376,28 +1498,121 @@ class Arbiter:
             del self.raw[raw.tid]
         self._emit("session_closed", now, session.id, data={"reason": why})
 
+    # ------------------------------------------------------------------ internals: the queue
+
+    def _waiter_keys(self, alloc: Allocation) -> list[tuple[Any, ...]]:
+        """The keys of `_waiters` a waiting allocation is filed under: what can serve it.
+
+        A task's request competes with CPU-wide holders on its CPUs and with its own task's
+        holders, never with other tasks (only one task runs on a CPU at a time); a CPU-wide one
+        with every holder on its CPUs. Waiters on every CPU are filed once per budget."""
+        budget = self._budget_key(alloc.pool, alloc.space)
+        scope = alloc.scope
+        if scope.kind is KIND_TASK:
+            keys: list[tuple[Any, ...]] = [("task", budget, scope.tid)]
+            if scope.cpus is None:
+                keys.append(("tasks*", budget))
+            else:
+                keys.extend(("tasks", budget, c) for c in scope.cpus)
+            return keys
+        if scope.cpus is None:
+            return [("cpus*", budget)]
+        return [("cpus", budget, c) for c in scope.cpus]
+
+    def _free(self, budget: str, tid: int | None, cpus: Iterable[int]) -> None:
+        """Registers of `budget` held CPU-wide (`tid` None) or by task `tid` on `cpus` were
+        freed, or their holders weakened: the waiters they competed with may fit now."""
+        freed = self._freed
+        if tid is None:
+            for c in cpus:
+                freed.add(("cpus", budget, c))
+                freed.add(("tasks", budget, c))
+            freed.add(("tasks*", budget))
+        else:
+            # Fewer registers for one task: its own waiters, and CPU-wide ones that competed
+            # with it as the fullest task of a CPU.
+            freed.add(("task", budget, tid))
+            for c in cpus:
+                freed.add(("cpus", budget, c))
+        freed.add(("cpus*", budget))
+
+    def _free_budgets(self, budgets: Iterable[str]) -> None:
+        """Every waiter of these budgets may fit now (a host setting changed)."""
+        self._freed.update(("budget", b) for b in budgets)
+
+    def _waiters_for(self, keys: Collection[tuple[Any, ...]]) -> list[tuple[int, int, str]]:
+        """The queue entries filed under `keys`, in service order, each once."""
+        found: set[tuple[int, int, str]] = set()
+        whole = {key[1] for key in keys if key[0] == "budget"}
+        if whole:
+            for key, queue in self._waiters.items():
+                if key[1] in whole:
+                    found.update(queue)
+        for key in keys:
+            filed = self._waiters.get(key)
+            if filed:
+                found.update(filed)
+        return sorted(found)
+
+    def _enqueue(self, alloc: Allocation) -> None:
+        entry = (-alloc.priority, alloc.seq, alloc.id)
+        insort(self._waiting, entry)
+        waiters = self._waiters
+        for key in self._waiter_keys(alloc):
+            queue = waiters.get(key)
+            if queue is None:
+                waiters[key] = [entry]
+            else:
+                insort(queue, entry)
+        if alloc.session is not None:
+            self._waiting_of[alloc.session] = self._waiting_of.get(alloc.session, 0) + 1
+
+    def _dequeue(self, alloc: Allocation) -> None:
+        entry = (-alloc.priority, alloc.seq, alloc.id)
+        _discard(self._waiting, entry)
+        waiters = self._waiters
+        for key in self._waiter_keys(alloc):
+            queue = waiters[key]
+            _discard(queue, entry)
+            if not queue:
+                del waiters[key]
+        if alloc.session is not None:
+            left = self._waiting_of[alloc.session] - 1
+            if left:
+                self._waiting_of[alloc.session] = left
+            else:
+                del self._waiting_of[alloc.session]
+
     def _serve_waiters(self, now: float) -> None:
         """Install waiting allocations that fit now, by priority then arrival; repeat while a
         reinstallation (which may evict lower holders) frees room for an earlier one.
+
+        Only the waiters filed under what was freed are looked at: any other waiter did not fit
+        when the operation began and competes with nothing that changed since. A pass takes
+        them in service order; registers an installation frees by eviction bring their waiters
+        into the same pass when they come later in that order, and into the next one else.
 
         The kernel has the last word: a reinstallation it refuses for room leaves the waiter
         waiting and records who holds the registers (so the same waiter is not tried again until
         they leave: no evict/reinstall loop); one whose task is gone ends with its task."""
         while self._freed and self._waiting:
             freed, self._freed = self._freed, set()
+            taken = set(freed)
+            pending = self._waiters_for(freed)  # sorted: a heap already
+            listed = set(pending)
             # Refusals seen in this pass, by request shape: whether a request fits is monotone
             # (more weight or a lower priority never fits where the other did not), so a waiter
             # no better placed than one already refused is skipped without planning. Valid until
             # the next installation changes the register files (more outside holders only make
             # it truer).
             refused: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
-            for _, _, aid in list(self._waiting):
+            while pending:
+                entry = heapq.heappop(pending)
+                aid = entry[2]
                 alloc = self.allocations.get(aid)
                 if alloc is None or alloc.state is not WAITING or aid in self._held_back:
                     continue
                 key = self._budget_key(alloc.pool, alloc.space)
-                if key not in freed:
-                    continue
                 budget = self.budgets[key]
                 cpus = self._cpus_of(alloc.scope)
                 tid = alloc.scope.tid if alloc.scope.kind is KIND_TASK else None
@@ -1426,9 +1641,16 @@ class Arbiter:
                 else:
                     victims = []
                 refused.clear()
-                self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
-                self._evict_all(victims, now, _evicted_by(alloc))
+                self._dequeue(alloc)
+                self._evict_all(victims, now, *self._evicted_for(alloc))
                 self._install(alloc, wp, budget, ON_REINSTALL, now)
+                new = self._freed - taken
+                if new:
+                    taken |= new
+                    for later in self._waiters_for(new):
+                        if later > entry and later not in listed:
+                            listed.add(later)
+                            heapq.heappush(pending, later)
 
     def _refused_reinstall(self, alloc: Allocation, answer: NoRoom | Rejected, now: float) -> None:
         """The kernel refused to reinstall waiting `alloc`: record who holds the room, or end it
@@ -1439,12 +1661,19 @@ class Arbiter:
             assert alloc.scope.tid is not None
             self._end_task(alloc.scope.tid, now)
         else:
-            self._waiting.remove((-alloc.priority, alloc.seq, alloc.id))
+            self._dequeue(alloc)
             alloc.state = next_state(alloc.state, ON_REJECT)
             alloc.updated_at = now
             alloc.reason = f"the kernel rejected it: {answer.detail}"
             self._retire(alloc)
             self._emit(EVENT_OF[ON_REJECT], now, alloc.session, alloc, {"reason": alloc.reason})
+
+
+def _discard(queue: list[tuple[int, int, str]], entry: tuple[int, int, str]) -> None:
+    """Take `entry` out of the sorted `queue` (a bisection, not a scan)."""
+    i = bisect_left(queue, entry)
+    assert queue[i] == entry, f"{entry} is not queued"
+    del queue[i]
 
 
 def _triggers(watched: Access, kind: str) -> bool:
@@ -1516,13 +1745,6 @@ def _target_of(target: OutsideTarget) -> dict[str, Any]:
 def _target(wp: Watchpoint) -> dict[str, Any]:
     assert wp.outside is not None
     return _target_of(wp.outside)
-
-
-def _evicted_by(alloc: Allocation) -> str:
-    """The reason a victim is told: who took its register, and (its label) what for, e.g.
-    "evicted by a12 at priority 700: gdb watchpoint 1 (pid 4242)"."""
-    reason = f"evicted by {alloc.id} at priority {alloc.priority}"
-    return f"{reason}: {alloc.label}" if alloc.label else reason
 
 
 def _outside_phrase(wp: Watchpoint) -> str:

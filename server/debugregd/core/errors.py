@@ -59,6 +59,19 @@ class Refused(CoreError):
         self.blockers = blockers
 
 
+class LimitReached(CoreError):
+    """A session asked for more than a per-session limit allows (`limit`: "allocations",
+    "waiting" or "streams", at most `maximum`); it must let something go first."""
+
+    kind = "limit-reached"
+    title = "Session limit reached"
+
+    def __init__(self, detail: str, limit: str, maximum: int) -> None:
+        super().__init__(detail, limit=limit, maximum=maximum)
+        self.limit = limit
+        self.maximum = maximum
+
+
 class Unavailable(CoreError):
     """The host cannot do it now for want of a resource of its own (file descriptors, memory);
     retrying later may work."""
