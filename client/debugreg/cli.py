@@ -23,6 +23,7 @@ from debugreg.errors import (
     Unreachable,
 )
 from debugreg.gdb import launch
+from debugreg.priorities import DEFAULT_MAX_PRIORITY, priority_value
 
 OK, CONFLICT, USAGE, AUTH, NOT_FOUND, UNREACHABLE, DAEMON_ERROR, INTERRUPTED = (
     0,
@@ -34,8 +35,6 @@ OK, CONFLICT, USAGE, AUTH, NOT_FOUND, UNREACHABLE, DAEMON_ERROR, INTERRUPTED = (
     6,
     130,
 )
-
-NORMAL_PRIORITY = 300  # the highest priority a session has without the max_priority grant
 
 EPILOG = f"""\
 environment:
@@ -115,11 +114,13 @@ def _number(text: str) -> int:
         ) from None
 
 
-def _above_normal(priority: int | str) -> bool:
-    """Whether a priority needs the `max_priority` grant (sessions get up to `normal`)."""
-    if isinstance(priority, int):
-        return priority > NORMAL_PRIORITY
-    return priority not in ("background", "normal")
+def _needs_grant(priority: int | str) -> bool:
+    """Whether a priority needs the `max_priority` grant. An invalid one asks for it too, so
+    that the daemon words the error."""
+    try:
+        return priority_value(priority) > DEFAULT_MAX_PRIORITY
+    except ValueError:
+        return True
 
 
 def _session_id(args: argparse.Namespace) -> str:
@@ -189,7 +190,7 @@ def _open_for(client: Client, args: argparse.Namespace) -> schema.Session:
     the request needs, so `--priority critical --non-evictable` works in one command."""
     grants: dict[str, Any] = {}
     if client.admin_key is not None:
-        if _above_normal(args.priority):
+        if _needs_grant(args.priority):
             grants["max_priority"] = args.priority
         if args.non_evictable:
             grants["allow_non_evictable"] = True

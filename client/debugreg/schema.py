@@ -16,8 +16,9 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from debugreg.priorities import PRIORITY_MAX, PRIORITY_MIN, PriorityClass
+
 ADDRESS_MAX = (1 << 64) - 1
-PRIORITY_CLASSES = ("background", "normal", "ptrace", "critical")
 
 
 def _parse_address(value: Any) -> int:
@@ -61,8 +62,8 @@ Address = Annotated[
 Cpu = Annotated[int, Field(ge=0, le=65535)]
 Tid = Annotated[int, Field(gt=0, lt=1 << 31, description="a thread id")]
 PriorityValue = Annotated[
-    int | Literal["background", "normal", "ptrace", "critical"],
-    Field(description="a class name or an integer 0-1000"),
+    int | PriorityClass,
+    Field(description=f"a class name or an integer {PRIORITY_MIN}-{PRIORITY_MAX}"),
 ]
 Access = Literal["exec", "write", "rw"]
 State = Literal["installed", "waiting", "released", "evicted", "expired"]
