@@ -11,9 +11,9 @@ import contextlib
 import inspect
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import httpx
 from httpx_sse import EventSource
@@ -32,11 +32,13 @@ from debugreg.events import (
     Backoff,
     Feed,
     Handler,
+    Handlers,
     Notice,
     Tracked,
     close_reason,
     ends_session,
     handler_map,
+    take_handlers,
 )
 from debugreg.handles import AllocationHandle, SessionHandle, allocation_request
 from debugreg.tls import StrPath
@@ -75,7 +77,7 @@ class AsyncSession(SessionHandle):
         self,
         client: AsyncClient,
         request: schema.SessionRequest,
-        handlers: dict[str, Handler | None],
+        handlers: Mapping[str, Handler],
         *,
         keepalive: bool = True,
     ) -> None:
@@ -107,23 +109,12 @@ class AsyncSession(SessionHandle):
         /,
         *,
         idempotency_key: str | None = None,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
         **fields: Any,
     ) -> AsyncAllocation:
         """Request debug registers; see `Session.allocate`."""
+        handlers = handler_map(take_handlers(fields))
         req = allocation_request(request, fields)
         record = await self._client._run(api.allocate(req, self.token, idempotency_key))
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
         tracked, notices = self._dispatcher.track(record, handlers)
         await _deliver(notices)
         return AsyncAllocation(self._client, tracked, self.token, self)
@@ -355,11 +346,7 @@ class AsyncClient(ClientBase):
         allow_non_evictable: bool | None = None,
         allow_kernel: bool | None = None,
         keepalive: bool = True,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
+        **handlers: Unpack[Handlers],
     ) -> AsyncSession:
         """A session to open with `async with`; see `Client.session`."""
         request = api.session_request(
@@ -369,14 +356,7 @@ class AsyncClient(ClientBase):
             allow_non_evictable=allow_non_evictable,
             allow_kernel=allow_kernel,
         )
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
-        return AsyncSession(self, request, handlers, keepalive=keepalive)
+        return AsyncSession(self, request, handler_map(handlers), keepalive=keepalive)
 
     async def open_session(
         self,

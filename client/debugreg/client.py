@@ -13,9 +13,9 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -36,11 +36,13 @@ from debugreg.events import (
     Backoff,
     Feed,
     Handler,
+    Handlers,
     Notice,
     Tracked,
     close_reason,
     ends_session,
     handler_map,
+    take_handlers,
 )
 from debugreg.handles import AllocationHandle, SessionHandle, allocation_request
 from debugreg.tls import StrPath, TLSSettings
@@ -145,7 +147,7 @@ class Session(SessionHandle):
         self,
         client: Client,
         request: schema.SessionRequest,
-        handlers: dict[str, Handler | None],
+        handlers: Mapping[str, Handler],
         *,
         keepalive: bool = True,
     ) -> None:
@@ -183,27 +185,17 @@ class Session(SessionHandle):
         /,
         *,
         idempotency_key: str | None = None,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
         **fields: Any,
     ) -> Allocation:
         """Request debug registers (an `AllocationRequest` or its fields as keywords).
 
         Returns the handle, installed or waiting; raises `Refused` (with `.blockers`) when it
-        does not fit and `wait` is false. The `on_*` handlers hear this allocation's events.
+        does not fit and `wait` is false. The handler keywords (`Handlers`: `on_evicted`,
+        `on_moved`, `on_reinstalled`, `on_hit`, `on_expired`) hear this allocation's events.
         """
+        handlers = handler_map(take_handlers(fields))
         req = allocation_request(request, fields)
         record = self._client._run(api.allocate(req, self.token, idempotency_key))
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
         with self._guard:
             tracked, notices = self._dispatcher.track(record, handlers)
             _deliver(notices)
@@ -485,15 +477,12 @@ class Client(ClientBase):
         allow_non_evictable: bool | None = None,
         allow_kernel: bool | None = None,
         keepalive: bool = True,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
+        **handlers: Unpack[Handlers],
     ) -> Session:
         """A session to open with `with`: grants (`max_priority` above normal,
-        `allow_non_evictable`, `allow_kernel`) need the admin key; `on_*` handlers hear every
-        allocation of the session. `keepalive=False` lets the lease run out after `ttl_s`."""
+        `allow_non_evictable`, `allow_kernel`) need the admin key; the handler keywords
+        (`Handlers`: `on_evicted`, `on_moved`, `on_reinstalled`, `on_hit`, `on_expired`) hear
+        every allocation of the session. `keepalive=False` lets the lease run out after `ttl_s`."""
         request = api.session_request(
             name,
             ttl_s,
@@ -501,14 +490,7 @@ class Client(ClientBase):
             allow_non_evictable=allow_non_evictable,
             allow_kernel=allow_kernel,
         )
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
-        return Session(self, request, handlers, keepalive=keepalive)
+        return Session(self, request, handler_map(handlers), keepalive=keepalive)
 
     def open_session(
         self,

@@ -32,7 +32,38 @@ def registers_text(record: schema.Allocation) -> str:
     return " ".join(f"cpu{r.cpu}/{r.pool}{r.index}" for r in record.registers) or "-"
 
 
-class AllocationHandle:
+class Listener:
+    """The `on_<type>` decorators, one per `Handlers` keyword, for a handle that follows
+    allocations: an allocation follows itself, a session every allocation it holds."""
+
+    def on(self, event_type: str, handler: H) -> H:
+        """Call `handler(event)` for each `event_type` event this handle follows; returns it."""
+        raise NotImplementedError
+
+    def on_evicted(self, handler: H) -> H:
+        """Call `handler(event)` when an allocation it follows is evicted."""
+        return self.on("evicted", handler)
+
+    def on_moved(self, handler: H) -> H:
+        """Call `handler(event)` when an allocation it follows changes register index (the
+        event's `previous` says from where)."""
+        return self.on("moved", handler)
+
+    def on_reinstalled(self, handler: H) -> H:
+        """Call `handler(event)` when a waiting allocation it follows is installed again."""
+        return self.on("reinstalled", handler)
+
+    def on_hit(self, handler: H) -> H:
+        """Call `handler(event)` when a range it watches is accessed."""
+        return self.on("hit", handler)
+
+    def on_expired(self, handler: H) -> H:
+        """Call `handler(event)` when the session's lease ran out and took an allocation it
+        follows."""
+        return self.on("expired", handler)
+
+
+class AllocationHandle(Listener):
     """An allocation you hold: its latest record, and handlers for what happens to it.
 
     The record follows the session's event stream; `release()` is how it ends.
@@ -83,26 +114,6 @@ class AllocationHandle:
             self._tracked.add(event_type, handler)
         return handler
 
-    def on_evicted(self, handler: H) -> H:
-        """Call `handler(event)` when this allocation is evicted."""
-        return self.on("evicted", handler)
-
-    def on_moved(self, handler: H) -> H:
-        """Call `handler(event)` when its register index changes (event `previous` says from)."""
-        return self.on("moved", handler)
-
-    def on_reinstalled(self, handler: H) -> H:
-        """Call `handler(event)` when a waiting allocation is installed again."""
-        return self.on("reinstalled", handler)
-
-    def on_hit(self, handler: H) -> H:
-        """Call `handler(event)` when the watched range is accessed."""
-        return self.on("hit", handler)
-
-    def on_expired(self, handler: H) -> H:
-        """Call `handler(event)` when the session's lease ran out and took this allocation."""
-        return self.on("expired", handler)
-
     def _settle(self, record: schema.Allocation) -> schema.Allocation:
         """Take a record the client read itself (release, refresh)."""
         with self._guard:
@@ -119,13 +130,13 @@ class AllocationHandle:
         )
 
 
-class SessionHandle:
+class SessionHandle(Listener):
     """A session you opened: its lease, its event stream's position and its handlers."""
 
     def __init__(
         self,
         request: schema.SessionRequest,
-        handlers: Mapping[str, Handler | None],
+        handlers: Mapping[str, Handler],
         *,
         keepalive: bool,
         guard: AbstractContextManager[Any],
@@ -142,8 +153,7 @@ class SessionHandle:
         self._feed = Feed()
         self._dispatcher = Dispatcher()
         for event_type, handler in handlers.items():
-            if handler is not None:
-                self._dispatcher.on(event_type, handler)
+            self._dispatcher.on(event_type, handler)
 
     @property
     def id(self) -> str:
@@ -180,26 +190,6 @@ class SessionHandle:
         with self._guard:
             self._dispatcher.on(event_type, handler)
         return handler
-
-    def on_evicted(self, handler: H) -> H:
-        """Call `handler(event)` whenever one of this session's allocations is evicted."""
-        return self.on("evicted", handler)
-
-    def on_moved(self, handler: H) -> H:
-        """Call `handler(event)` whenever one of its allocations changes register index."""
-        return self.on("moved", handler)
-
-    def on_reinstalled(self, handler: H) -> H:
-        """Call `handler(event)` whenever one of its waiting allocations is installed again."""
-        return self.on("reinstalled", handler)
-
-    def on_hit(self, handler: H) -> H:
-        """Call `handler(event)` whenever a range it watches is accessed."""
-        return self.on("hit", handler)
-
-    def on_expired(self, handler: H) -> H:
-        """Call `handler(event)` for each allocation the lease's expiry took."""
-        return self.on("expired", handler)
 
     def _info(self) -> schema.Session:
         if self.opened is None:
