@@ -19,29 +19,17 @@ import httpx
 from httpx_sse import EventSource
 
 from debugreg import api, schema
-from debugreg.api import Call, Reply
-from debugreg.client import (
-    CLOSE_WAIT_S,
-    DEFAULT_URL,
-    RECONNECT_ERRORS,
-    ClientBase,
-    StreamInterrupted,
+from debugreg.api import Call, StreamInterrupted
+from debugreg.client import CLOSE_WAIT_S, RECONNECT_ERRORS, ClientBase, reply_of
+from debugreg.errors import DebugregError, NotFound, Unauthorized, unreachable
+from debugreg.events import Feed, Handler, Notice, Tracked
+from debugreg.handles import (
+    AllocationHandle,
+    SessionHandle,
+    SessionOptions,
+    allocation_request,
+    session_arguments,
 )
-from debugreg.errors import DebugregError, NotFound, Unauthorized, from_reply, unreachable
-from debugreg.events import (
-    Backoff,
-    Feed,
-    Handler,
-    Handlers,
-    Notice,
-    Tracked,
-    close_reason,
-    ends_session,
-    handler_map,
-    take_handlers,
-)
-from debugreg.handles import AllocationHandle, SessionHandle, allocation_request
-from debugreg.tls import StrPath
 
 T = TypeVar("T")
 log = logging.getLogger("debugreg")
@@ -49,6 +37,8 @@ log = logging.getLogger("debugreg")
 
 class AsyncAllocation(AllocationHandle):
     """An allocation you hold; `await release()` ends it."""
+
+    # The async twin of client.Allocation: the same calls, awaited.
 
     def __init__(
         self,
@@ -73,6 +63,9 @@ class AsyncAllocation(AllocationHandle):
 class AsyncSession(SessionHandle):
     """A session as an async context manager: keepalive and the event stream run as tasks."""
 
+    # The async twin of client.Session, method for method: only the waiting differs (tasks and
+    # awaits here, threads and blocking calls there); what they decide is `SessionHandle`'s.
+
     def __init__(
         self,
         client: AsyncClient,
@@ -86,7 +79,6 @@ class AsyncSession(SessionHandle):
         self._client = client
         self._keeper: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._closing = False
 
     async def open(self) -> AsyncSession:
         """Open the lease and start the keepalive and event tasks (`async with` does this)."""
@@ -112,9 +104,8 @@ class AsyncSession(SessionHandle):
         **fields: Any,
     ) -> AsyncAllocation:
         """Request debug registers; see `Session.allocate`."""
-        handlers = handler_map(take_handlers(fields))
-        req = allocation_request(request, fields)
-        record = await self._client._run(api.allocate(req, self.token, idempotency_key))
+        call, handlers = self._allocation(request, idempotency_key, fields)
+        record = await self._client._run(call)
         tracked, notices = self._dispatcher.track(record, handlers)
         await _deliver(notices)
         return AsyncAllocation(self._client, tracked, self.token, self)
@@ -141,9 +132,8 @@ class AsyncSession(SessionHandle):
 
     async def close(self) -> None:
         """Close the session (releasing all it holds) and stop its tasks. Idempotent."""
-        if self.opened is None or self._closing:
+        if not self._closing_now():
             return
-        self._closing = True
         await _cancel(self._keeper)
         graceful = False
         try:
@@ -165,6 +155,7 @@ class AsyncSession(SessionHandle):
     async def __aenter__(self) -> AsyncSession:
         return await self.open()
 
+    # The async twin of Session.__exit__.
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -179,36 +170,33 @@ class AsyncSession(SessionHandle):
             await self.close()
 
     async def _keep_alive(self) -> None:
-        delay = self._keepalive_delay(True)
-        while True:
+        delay: float | None = self._keepalive_interval()
+        while delay is not None:
             await asyncio.sleep(delay)
             try:
-                self._kept(await self._client._run(api.keepalive(self.id, self.token), retries=0))
-                delay = self._keepalive_delay(True)
-            except (NotFound, Unauthorized) as exc:
-                self._ended(f"lease lost: {exc.detail}")
-                return
+                delay = self._kept(
+                    await self._client._run(api.keepalive(self.id, self.token), retries=0)
+                )
             except DebugregError as exc:
-                log.debug("keepalive of %s failed, retrying: %s", self.id, exc)
-                delay = self._keepalive_delay(False)
+                delay = self._keepalive_failed(exc)
 
     async def _listen(self) -> None:
         try:
             async for event in self._client._follow(self._stream(), self._feed):
                 await _deliver(self._dispatcher.route(event))
-                if ends_session(event, self.id):
-                    self._ended(close_reason(event))
+                if self._closed_by(event):
                     if self._keeper is not asyncio.current_task():
                         await _cancel(self._keeper)
                     return
         except DebugregError as exc:
-            self._ended(f"event stream refused: {exc.detail}")
+            self._stream_refused(exc)
             await _cancel(self._keeper)
         except Exception:
             log.exception("event stream of session %s failed", self.id)
 
 
 async def _deliver(notices: list[Notice]) -> None:
+    # The async twin of client._deliver: a handler may be a coroutine function.
     for handler, event in notices:
         try:
             result = handler(event)
@@ -227,42 +215,22 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
         await task
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
     """An asyncio debugregd client; the same calls (and TLS settings) as `Client`, awaited."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        admin_key: str | None = None,
-        token: str | None = None,
-        timeout: float = 10.0,
-        retries: int = 2,
-        backoff: Backoff | None = None,
-        stream_timeout: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        ca: StrPath | None = None,
-        cert: StrPath | None = None,
-        key: StrPath | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            admin_key=admin_key,
-            token=token,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            stream_timeout=stream_timeout,
-            ca=ca,
-            cert=cert,
-            key=key,
-        )
+    # The async twin of client.Client, method for method: only the waiting differs. What to
+    # send and how to read the answer is `api`'s, written once for both.
+
+    def _connect(self, transport: httpx.AsyncBaseTransport | None) -> None:
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, transport=transport, verify=self._verify()
+            base_url=self.url, timeout=self.timeout, transport=transport, verify=self._verify()
         )
         self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
 
     # -- transport: the only place the async client waits
+
+    # The async twin of Client._run: whether to retry and how to read the answer are the
+    # call's (`api.Call`).
 
     async def _run(self, call: Call[T], *, retries: int | None = None) -> T:
         limit = self.retries if retries is None else retries
@@ -276,12 +244,14 @@ class AsyncClient(ClientBase):
                 if not call.retry(attempt, limit, None):
                     raise unreachable(self.url, exc) from exc
             else:
-                reply = Reply(response.status_code, response.headers, response.content)
+                reply = reply_of(response)
                 if not call.retry(attempt, limit, reply.status):
                     return call.parse(reply)
             await asyncio.sleep(self.backoff.delay(attempt))
             attempt += 1
 
+    # The async twin of Client._follow, which stops when told to (`stop`) instead of by being
+    # cancelled; what the stream's messages mean is the feed's (`events.Feed`).
     async def _follow(self, stream: api.Stream, feed: Feed) -> AsyncIterator[schema.Event]:
         """Events of `stream` after `feed`'s position, exactly once, until cancelled;
         reconnects with backoff and resumes with Last-Event-ID."""
@@ -296,10 +266,7 @@ class AsyncClient(ClientBase):
                 ) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        error = from_reply(response.status_code, response.headers, response.content)
-                        if api.stream_refused(response.status_code):
-                            raise error
-                        raise StreamInterrupted(str(error))
+                        raise api.stream_failure(reply_of(response))
                     attempt = 0
                     async for sse in EventSource(response).aiter_sse():
                         step = feed.receive(sse.id, sse.event, sse.data)
@@ -327,55 +294,33 @@ class AsyncClient(ClientBase):
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # -- sessions
+    # -- sessions: the async twins of Client's
 
     def session(
         self,
         name: str,
         ttl_s: float = 30,
         *,
-        max_priority: int | str | None = None,
-        allow_non_evictable: bool | None = None,
-        allow_kernel: bool | None = None,
         keepalive: bool = True,
-        **handlers: Unpack[Handlers],
+        **options: Unpack[SessionOptions],
     ) -> AsyncSession:
         """A session to open with `async with`; see `Client.session`."""
-        request = api.session_request(
-            name,
-            ttl_s,
-            max_priority=max_priority,
-            allow_non_evictable=allow_non_evictable,
-            allow_kernel=allow_kernel,
-        )
-        return AsyncSession(self, request, handler_map(handlers), keepalive=keepalive)
+        request, handlers = session_arguments(name, ttl_s, options)
+        return AsyncSession(self, request, handlers, keepalive=keepalive)
 
     async def open_session(
         self,
         name: str,
         ttl_s: float = 30,
         *,
-        max_priority: int | str | None = None,
-        allow_non_evictable: bool | None = None,
-        allow_kernel: bool | None = None,
         idempotency_key: str | None = None,
+        **grants: Unpack[api.Grants],
     ) -> schema.Session:
         """Open a session and return it as data; see `Client.open_session`."""
-        request = api.session_request(
-            name,
-            ttl_s,
-            max_priority=max_priority,
-            allow_non_evictable=allow_non_evictable,
-            allow_kernel=allow_kernel,
-        )
+        request = api.session_request(name, ttl_s, grants)
         return await self._run(api.open_session(request, self.admin_key, idempotency_key))
 
     async def keepalive(self, session_id: str) -> schema.Keepalive:
@@ -387,7 +332,7 @@ class AsyncClient(ClientBase):
     async def session_info(self, session_id: str) -> schema.SessionInfo:
         return await self._run(api.session_info(session_id, self._own))
 
-    # -- allocations
+    # -- allocations: the async twins of Client's
 
     async def allocate(
         self,
@@ -419,7 +364,7 @@ class AsyncClient(ClientBase):
     async def release(self, allocation_id: str) -> schema.Allocation:
         return await self._run(api.release(allocation_id, self._own))
 
-    # -- admin
+    # -- admin: the async twins of Client's
 
     async def evict(
         self, allocation_id: str, reason: str = "evicted by admin"
@@ -484,11 +429,7 @@ class AsyncClient(ClientBase):
         self, since: int | None = None, *, session: str | None = None
     ) -> AsyncIterator[schema.Event]:
         """Follow events live; see `Client.events`."""
-        stream = (
-            api.session_events(session, self._own)
-            if session is not None
-            else api.all_events(self._admin)
-        )
+        stream = self._events(session)
         feed = Feed(since)
         if since is None:
             feed.seed(await self._run(stream.baseline))

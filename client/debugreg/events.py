@@ -367,13 +367,3 @@ def take_handlers(fields: dict[str, Any]) -> Handlers:
     """Remove the `Handlers` keywords from `fields` (those of `allocate`, whose other keywords
     are the request's) and return them."""
     return cast(Handlers, {k: fields.pop(k) for k in Handlers.__annotations__ if k in fields})
-
-
-def ends_session(event: Event, session_id: str | None) -> bool:
-    """Whether `event` is the end of the session the stream belongs to."""
-    return event.type == "session_closed" and event.session == session_id
-
-
-def close_reason(event: Event) -> str:
-    """Why a `session_closed` event says the session ended."""
-    return event.reason or "closed"

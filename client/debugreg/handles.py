@@ -6,14 +6,25 @@ methods that wait (release, refresh, allocate, close...).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from debugreg import api, schema
-from debugreg.events import Dispatcher, Feed, Handler, Tracked
+from debugreg.errors import DebugregError, NotFound, Unauthorized
+from debugreg.events import (
+    Dispatcher,
+    Feed,
+    Handler,
+    Handlers,
+    Tracked,
+    handler_map,
+    take_handlers,
+)
 
 H = TypeVar("H", bound=Handler)
+log = logging.getLogger("debugreg")
 
 
 def allocation_request(
@@ -25,6 +36,20 @@ def allocation_request(
     if fields:
         raise TypeError("give either an AllocationRequest or its fields as keywords, not both")
     return request
+
+
+class SessionOptions(api.Grants, Handlers, total=False):
+    """The keywords of `session(...)`, for `Client` and `AsyncClient` alike: the session's grants
+    and the handlers that hear every allocation of the session."""
+
+
+def session_arguments(
+    name: str, ttl_s: float, options: SessionOptions
+) -> tuple[schema.SessionRequest, dict[str, Handler]]:
+    """The request of `session(name, ttl_s, **options)`, and the handlers it gives."""
+    grants: dict[str, Any] = dict(options)
+    handlers = handler_map(take_handlers(grants))
+    return api.session_request(name, ttl_s, cast(api.Grants, grants)), handlers
 
 
 def registers_text(record: schema.Allocation) -> str:
@@ -149,6 +174,7 @@ class SessionHandle(Listener):
         self.closed = False
         self.close_reason: str | None = None
         self._keepalive = keepalive
+        self._closing = False
         self._guard = guard
         self._feed = Feed()
         self._dispatcher = Dispatcher()
@@ -196,11 +222,6 @@ class SessionHandle(Listener):
             raise RuntimeError("the session is not open yet: use it as a context manager")
         return self.opened
 
-    def _keepalive_delay(self, ok: bool) -> float:
-        # A third of the TTL leaves two more tries before the lease runs out; after a failure
-        # (daemon restarting) try again sooner.
-        return self.request.ttl_s / (3 if ok else 6)
-
     def _started(self, opened: schema.Session, baseline: api.Baseline) -> None:
         self.opened = opened
         self.expires_at = opened.expires_at
@@ -209,9 +230,55 @@ class SessionHandle(Listener):
         # connects after the first allocation.
         self._feed.seed(baseline)
 
-    def _kept(self, keepalive: schema.Keepalive) -> None:
+    def _allocation(
+        self,
+        request: schema.AllocationRequest | None,
+        idempotency_key: str | None,
+        fields: dict[str, Any],
+    ) -> tuple[api.Call[schema.Allocation], dict[str, Handler]]:
+        """What `allocate(request, idempotency_key=..., **fields)` sends, and the handlers of
+        the allocation it makes."""
+        handlers = handler_map(take_handlers(fields))
+        req = allocation_request(request, fields)
+        return api.allocate(req, self.token, idempotency_key), handlers
+
+    def _keepalive_interval(self) -> float:
+        # A third of the TTL leaves two more tries before the lease runs out.
+        return self.request.ttl_s / 3
+
+    def _kept(self, keepalive: schema.Keepalive) -> float:
+        """Take a renewed lease; returns how long to wait before the next keepalive."""
         self.expires_at = keepalive.expires_at
         self.keepalives += 1
+        return self._keepalive_interval()
+
+    def _keepalive_failed(self, exc: DebugregError) -> float | None:
+        """How long to wait before trying a failed keepalive again; None when the lease is gone
+        (the stream still delivers the `expired` events)."""
+        if isinstance(exc, NotFound | Unauthorized):
+            self._ended(f"lease lost: {exc.detail}")
+            return None
+        log.debug("keepalive of %s failed, retrying: %s", self.id, exc)
+        # Sooner than after a success: the daemon may be restarting, and the lease runs on.
+        return self.request.ttl_s / 6
+
+    def _closed_by(self, event: schema.Event) -> bool:
+        """Whether `event` is this session's end (then taken as the reason it ended)."""
+        if event.type != "session_closed" or event.session != self.id:
+            return False
+        self._ended(event.reason or "closed")
+        return True
+
+    def _stream_refused(self, exc: DebugregError) -> None:
+        # Refused for good (token revoked, session gone): nothing more will come.
+        self._ended(f"event stream refused: {exc.detail}")
+
+    def _closing_now(self) -> bool:
+        """Whether `close()` has anything to do (then it is under way from here on)."""
+        if self.opened is None or self._closing:
+            return False
+        self._closing = True
+        return True
 
     def _ended(self, reason: str) -> None:
         if not self.closed:
