@@ -8,7 +8,6 @@ only in how they wait for the bytes (httpx's own cut between API and transport).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,14 +30,10 @@ _REPEATABLE = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An HTTP answer as plain values (header names in lower case)."""
+    """An HTTP answer as plain values: its status and its body."""
 
     status: int
-    headers: Mapping[str, str]
     content: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +95,7 @@ def stream_failure(reply: Reply) -> Exception:
     """What a stream's non-200 answer means: the typed error when it is final (bad credential,
     no such session, bad Last-Event-ID), `StreamInterrupted` when it is a reason to reconnect
     later (5xx: restarting, overloaded)."""
-    error = from_reply(reply.status, reply.headers, reply.content)
+    error = from_reply(reply.status, reply.content)
     return error if reply.status < 500 else StreamInterrupted(str(error))
 
 
@@ -140,7 +135,7 @@ def _check(reply: Reply, expected: int) -> None:
         # Any other 2xx is still a success the parser below can read.
         if 200 <= reply.status < 300 and expected != 204:
             return
-        raise from_reply(reply.status, reply.headers, reply.content)
+        raise from_reply(reply.status, reply.content)
 
 
 def _model(model: type[M], expected: int = 200) -> Callable[[Reply], M]:
@@ -161,7 +156,7 @@ def _adapter(adapter: TypeAdapter[T]) -> Callable[[Reply], T]:
 
 def _no_content(reply: Reply) -> None:
     if not 200 <= reply.status < 300:
-        raise from_reply(reply.status, reply.headers, reply.content)
+        raise from_reply(reply.status, reply.content)
 
 
 def _allocation_list(reply: Reply) -> Baseline:

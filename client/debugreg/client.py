@@ -119,7 +119,7 @@ class ClientBase(ABC, Generic[TransportT]):
 
 def reply_of(response: httpx.Response) -> Reply:
     """An httpx answer, read, as the plain values `api` parses."""
-    return Reply(response.status_code, response.headers, response.content)
+    return Reply(response.status_code, response.content)
 
 
 class Allocation(AllocationHandle):

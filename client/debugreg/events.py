@@ -100,11 +100,6 @@ class Feed:
         # are already reflected in the mirror and in what the reader was told.
         self._reflected_upto: int | None = None
 
-    @property
-    def live(self) -> Mapping[str, Allocation]:
-        """The live allocations as this feed knows them."""
-        return self._live
-
     def seed(self, baseline: Baseline) -> None:
         """Start from a state read (e.g. GET /v1/state) instead of an empty mirror."""
         self._live = {a.id: a for a in baseline.allocations if a.state in LIVE}

@@ -131,10 +131,6 @@ class AllocationRequest(Strict):
         ),
     )
 
-    @classmethod
-    def build(cls, **fields: Any) -> AllocationRequest:
-        return cls.model_validate(fields)
-
 
 class Register(BaseModel):
     cpu: int
