@@ -32,9 +32,6 @@ bpftrace): above every priority, since the daemon can neither evict them nor tel
 DEFAULT_MAX_PRIORITY = Priority.NORMAL
 """A session's `max_priority` when it asks for none; asking for more needs the admin key."""
 
-MAX_BLOCKERS = 16
-"""A refusal (409) and a `waiting` event name at most this many blockers."""
-
 
 def priority_value(value: int | str) -> int:
     """A class name or an integer from PRIORITY_MIN to PRIORITY_MAX as an integer priority;

@@ -16,9 +16,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from debugreg.limits import ADDRESS_LIMIT, CPU_MAX, LENGTH_MAX, TID_LIMIT, TTL_MAX_S
 from debugreg.priorities import PRIORITY_MAX, PRIORITY_MIN, PriorityClass
-
-ADDRESS_MAX = (1 << 64) - 1
 
 
 def _parse_address(value: Any) -> int:
@@ -36,8 +35,8 @@ def _parse_address(value: Any) -> int:
             ) from None
     else:
         raise ValueError("an address is an integer or a '0x...' string")
-    if not 0 <= number <= ADDRESS_MAX:
-        raise ValueError(f"address {value!r} is outside 0..0xffffffffffffffff")
+    if not 0 <= number < ADDRESS_LIMIT:
+        raise ValueError(f"address {value!r} is outside 0..0x{ADDRESS_LIMIT - 1:x}")
     return number
 
 
@@ -49,7 +48,7 @@ Address = Annotated[
         {
             "anyOf": [
                 {"type": "string", "pattern": "^(0[xX][0-9a-fA-F_]+|[0-9_]+)$"},
-                {"type": "integer", "minimum": 0, "maximum": ADDRESS_MAX},
+                {"type": "integer", "minimum": 0, "maximum": ADDRESS_LIMIT - 1},
             ],
             "description": "an address: an integer or a '0x...' hex string (returned as hex)",
             "examples": ["0x7ffd1000"],
@@ -59,8 +58,8 @@ Address = Annotated[
     WithJsonSchema({"type": "string", "examples": ["0x7ffd1000"]}, mode="serialization"),
 ]
 
-Cpu = Annotated[int, Field(ge=0, le=65535)]
-Tid = Annotated[int, Field(gt=0, lt=1 << 31, description="a thread id")]
+Cpu = Annotated[int, Field(ge=0, le=CPU_MAX)]
+Tid = Annotated[int, Field(gt=0, lt=TID_LIMIT, description="a thread id")]
 PriorityValue = Annotated[
     int | PriorityClass,
     Field(description=f"a class name or an integer {PRIORITY_MIN}-{PRIORITY_MAX}"),
@@ -116,7 +115,7 @@ class AllocationRequest(Strict):
 
     scope: Scope
     address: Address
-    length: int = Field(ge=1, le=1 << 20)
+    length: int = Field(ge=1, le=LENGTH_MAX)
     access: Access
     priority: PriorityValue = "normal"
     evictable: bool = True
@@ -190,7 +189,7 @@ class SessionRequest(Strict):
     """POST /v1/sessions. Grants above the defaults need the admin key."""
 
     name: str = Field(min_length=1, max_length=200)
-    ttl_s: float = Field(default=30, gt=0, le=86_400)
+    ttl_s: float = Field(default=30, gt=0, le=TTL_MAX_S)
     max_priority: PriorityValue | None = None
     allow_non_evictable: bool | None = None
     allow_kernel: bool | None = None
@@ -319,7 +318,7 @@ class SimAccess(Strict):
     cpu: Cpu
     tid: Tid | None = None
     address: Address
-    length: int = Field(default=1, ge=1, le=1 << 20)
+    length: int = Field(default=1, ge=1, le=LENGTH_MAX)
     access: Literal["exec", "read", "write"]
     ip: Address | None = Field(
         default=None, description="the instruction that made the access, reported as its site"

@@ -1,4 +1,5 @@
-"""Priorities are defined once (`debugreg.priorities`): the wire schema and the daemon agree."""
+"""Priorities and limits are defined once (`debugreg.priorities`, `debugreg.limits`), in plain
+Python: the wire schema enforces them and the daemon agrees."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from debugreg import schema
+from debugreg.limits import ADDRESS_LIMIT, CPU_MAX, LENGTH_MAX, TID_LIMIT, TTL_MAX_S
 from debugreg.priorities import (
     PRIORITY_CLASSES,
     PRIORITY_MAX,
@@ -43,11 +45,36 @@ def test_the_daemon_ranks_the_classes_as_the_wire_does() -> None:
     assert {p.name: int(p) for p in core.Priority} == {p.name: int(p) for p in Priority}
 
 
-def test_the_module_needs_nothing_beyond_the_standard_library() -> None:
+@pytest.mark.parametrize(
+    ("model", "field", "largest"),
+    [
+        (schema.SimAccess, "address", hex(ADDRESS_LIMIT - 1)),
+        (schema.SimAccess, "cpu", CPU_MAX),
+        (schema.SimAccess, "tid", TID_LIMIT - 1),
+        (schema.SimAccess, "length", LENGTH_MAX),
+    ],
+)
+def test_the_wire_takes_each_limit_and_nothing_past_it(
+    model: type[schema.Strict], field: str, largest: int | str
+) -> None:
+    base = {"cpu": 0, "address": 4096, "access": "write"}
+    assert model.model_validate({**base, field: largest})
+    beyond = hex(ADDRESS_LIMIT) if isinstance(largest, str) else largest + 1
+    with pytest.raises(ValidationError):
+        model.model_validate({**base, field: beyond})
+
+
+def test_a_lease_is_at_most_a_day() -> None:
+    assert schema.SessionRequest(name="s", ttl_s=TTL_MAX_S).ttl_s == 86_400
+    with pytest.raises(ValidationError):
+        schema.SessionRequest(name="s", ttl_s=TTL_MAX_S + 1)
+
+
+@pytest.mark.parametrize("module", ["debugreg.priorities", "debugreg.limits"])
+def test_the_module_needs_nothing_beyond_the_standard_library(module: str) -> None:
     # The daemon's pure core imports it: it must not bring pydantic (or httpx) along.
     probe = (
-        "import sys, debugreg.priorities; "
-        "print(sorted(m for m in ('pydantic', 'httpx') if m in sys.modules))"
+        f"import sys, {module}; print(sorted(m for m in ('pydantic', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
