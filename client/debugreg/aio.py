@@ -324,12 +324,15 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
         return await self._run(api.open_session(request, self.admin_key, idempotency_key))
 
     async def keepalive(self, session_id: str) -> schema.Keepalive:
+        """`Client.keepalive`, awaited."""
         return await self._run(api.keepalive(session_id, self._own))
 
     async def close_session(self, session_id: str) -> None:
+        """`Client.close_session`, awaited."""
         await self._run(api.close_session(session_id, self._own))
 
     async def session_info(self, session_id: str) -> schema.SessionInfo:
+        """`Client.session_info`, awaited."""
         return await self._run(api.session_info(session_id, self._own))
 
     # -- allocations: the async twins of Client's
@@ -355,13 +358,16 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
         cpu: int | None = None,
         tid: int | None = None,
     ) -> list[schema.Allocation]:
+        """`Client.allocations`, awaited."""
         call = api.allocations(self._own, state=state, session=session, cpu=cpu, tid=tid)
         return (await self._run(call)).allocations
 
     async def allocation(self, allocation_id: str) -> schema.Allocation:
+        """`Client.allocation`, awaited."""
         return await self._run(api.allocation(allocation_id, self._own))
 
     async def release(self, allocation_id: str) -> schema.Allocation:
+        """`Client.release`, awaited."""
         return await self._run(api.release(allocation_id, self._own))
 
     # -- admin: the async twins of Client's
@@ -369,6 +375,7 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
     async def evict(
         self, allocation_id: str, reason: str = "evicted by admin"
     ) -> schema.Allocation:
+        """`Client.evict`, awaited."""
         return await self._run(api.evict(allocation_id, reason, self._admin))
 
     async def evict_matching(
@@ -379,35 +386,44 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
         below_priority: int | str | None = None,
         reason: str = "evicted by admin",
     ) -> list[str]:
+        """`Client.evict_matching`, awaited."""
         call = api.evict_matching(
             self._admin, cpu=cpu, tid=tid, below_priority=below_priority, reason=reason
         )
         return (await self._run(call)).evicted
 
     async def state(self) -> schema.Snapshot:
+        """`Client.state`, awaited."""
         return await self._run(api.state(self._admin))
 
     async def health(self) -> schema.Health:
+        """`Client.health`, awaited."""
         return await self._run(api.health())
 
     async def host(self) -> schema.Host:
+        """`Client.host`, awaited."""
         return await self._run(api.host())
 
     async def cpus(self) -> list[dict[str, Any]]:
+        """`Client.cpus`, awaited."""
         return await self._run(api.cpus(self._admin))
 
     async def cpu(self, number: int) -> dict[str, Any]:
+        """`Client.cpu`, awaited."""
         return await self._run(api.cpu(number, self._admin))
 
     async def task(self, tid: int) -> dict[str, Any]:
+        """`Client.task`, awaited."""
         return await self._run(api.task(tid, self._admin))
 
     async def debugregs(self, tid: int) -> schema.DebugRegsState:
+        """`Client.debugregs`, awaited."""
         return await self._run(api.debugregs(tid, self._own))
 
     async def set_debugregs(
         self, tid: int, regs: schema.DebugRegs | None = None, /, **fields: Any
     ) -> schema.DebugRegsState:
+        """`Client.set_debugregs`, awaited."""
         return await self._run(api.set_debugregs(tid, regs, self._own, **fields))
 
     async def sim_access(
@@ -420,6 +436,7 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
         tid: int | None = None,
         ip: int | str | None = None,
     ) -> list[str]:
+        """`Client.sim_access`, awaited."""
         call = api.sim_access(
             self._admin, cpu=cpu, address=address, length=length, access=access, tid=tid, ip=ip
         )

@@ -486,6 +486,7 @@ class Client(ClientBase[httpx.BaseTransport]):
         self._run(api.close_session(session_id, self._own))
 
     def session_info(self, session_id: str) -> schema.SessionInfo:
+        """A session as the daemon sees it (its token or the admin key)."""
         return self._run(api.session_info(session_id, self._own))
 
     # -- allocations: the sync twins of AsyncClient's
@@ -517,6 +518,7 @@ class Client(ClientBase[httpx.BaseTransport]):
         return self._run(call).allocations
 
     def allocation(self, allocation_id: str) -> schema.Allocation:
+        """One allocation's record (its owner or the admin key)."""
         return self._run(api.allocation(allocation_id, self._own))
 
     def release(self, allocation_id: str) -> schema.Allocation:
@@ -548,9 +550,11 @@ class Client(ClientBase[httpx.BaseTransport]):
         return self._run(api.state(self._admin))
 
     def health(self) -> schema.Health:
+        """Whether the daemon serves (a 503 raises `ServerError`)."""
         return self._run(api.health())
 
     def host(self) -> schema.Host:
+        """The host's profile, CPUs, pools and the users outside debugregd."""
         return self._run(api.host())
 
     def cpus(self) -> list[dict[str, Any]]:
@@ -558,6 +562,7 @@ class Client(ClientBase[httpx.BaseTransport]):
         return self._run(api.cpus(self._admin))
 
     def cpu(self, number: int) -> dict[str, Any]:
+        """One CPU's register files, index by index (admin)."""
         return self._run(api.cpu(number, self._admin))
 
     def task(self, tid: int) -> dict[str, Any]:

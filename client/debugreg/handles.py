@@ -108,6 +108,7 @@ class AllocationHandle(Listener):
 
     @property
     def id(self) -> str:
+        """The allocation's id (`a7`)."""
         return self._tracked.record.id
 
     @property
@@ -117,10 +118,12 @@ class AllocationHandle(Listener):
 
     @property
     def state(self) -> schema.State:
+        """Its state as last known: installed, waiting, released, evicted or expired."""
         return self._tracked.record.state
 
     @property
     def registers(self) -> list[schema.Register]:
+        """The registers it holds as last known (none unless installed)."""
         return self._tracked.record.registers
 
     @property
@@ -130,6 +133,7 @@ class AllocationHandle(Listener):
 
     @property
     def installed(self) -> bool:
+        """Whether it holds its registers now, as last known."""
         return self._tracked.record.state == "installed"
 
     def on(self, event_type: str, handler: H) -> H:
@@ -183,6 +187,7 @@ class SessionHandle(Listener):
 
     @property
     def id(self) -> str:
+        """The session's id (`s3`)."""
         return self._info().id
 
     @property
@@ -194,10 +199,12 @@ class SessionHandle(Listener):
 
     @property
     def name(self) -> str:
+        """The name it was opened with."""
         return self.request.name
 
     @property
     def ttl_s(self) -> float:
+        """Its lease, in seconds: it expires unless renewed within that time."""
         return self.request.ttl_s
 
     @property
