@@ -239,6 +239,11 @@ class Grants(TypedDict, total=False):
 
 
 def session_request(name: str, ttl_s: float, grants: Grants) -> schema.SessionRequest:
+    """The request to open a session; `grants` come from keywords, so anything else among
+    them is the caller's mistake (a TypeError, as for any unknown keyword)."""
+    unknown = sorted(grants.keys() - Grants.__annotations__.keys())
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
     return build(schema.SessionRequest, given(name=name, ttl_s=ttl_s, **grants))
 
 
