@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         Unauthorized,
         Unreachable,
     )
-    from debugreg.events import Backoff, Handler
+    from debugreg.events import Backoff, Handler, Handlers
     from debugreg.schema import AllocationRequest, Event
 
 # Every name loads its module on first use, so that `debugreg gdb` starts gdb without loading
@@ -51,7 +51,7 @@ _HOMES = {
         "Unauthorized",
         "Unreachable",
     ),
-    "debugreg.events": ("Backoff", "Handler"),
+    "debugreg.events": ("Backoff", "Handler", "Handlers"),
     "debugreg.schema": ("AllocationRequest", "Event"),
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
@@ -80,6 +80,7 @@ __all__ = [
     "Event",
     "Forbidden",
     "Handler",
+    "Handlers",
     "InvalidRequest",
     "LimitReached",
     "NotFound",

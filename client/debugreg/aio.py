@@ -11,35 +11,25 @@ import contextlib
 import inspect
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import httpx
 from httpx_sse import EventSource
 
 from debugreg import api, schema
-from debugreg.api import Call, Reply
-from debugreg.client import (
-    CLOSE_WAIT_S,
-    DEFAULT_URL,
-    RECONNECT_ERRORS,
-    ClientBase,
-    StreamInterrupted,
+from debugreg.api import Call, StreamInterrupted
+from debugreg.client import CLOSE_WAIT_S, RECONNECT_ERRORS, ClientBase, reply_of
+from debugreg.errors import DebugregError, NotFound, Unauthorized, unreachable
+from debugreg.events import Feed, Handler, Notice, Tracked
+from debugreg.handles import (
+    AllocationHandle,
+    SessionHandle,
+    SessionOptions,
+    allocation_request,
+    session_arguments,
 )
-from debugreg.errors import DebugregError, NotFound, Unauthorized, from_reply, unreachable
-from debugreg.events import (
-    Backoff,
-    Feed,
-    Handler,
-    Notice,
-    Tracked,
-    close_reason,
-    ends_session,
-    handler_map,
-)
-from debugreg.handles import AllocationHandle, SessionHandle, allocation_request
-from debugreg.tls import StrPath
 
 T = TypeVar("T")
 log = logging.getLogger("debugreg")
@@ -47,6 +37,8 @@ log = logging.getLogger("debugreg")
 
 class AsyncAllocation(AllocationHandle):
     """An allocation you hold; `await release()` ends it."""
+
+    # The async twin of client.Allocation: the same calls, awaited.
 
     def __init__(
         self,
@@ -71,11 +63,14 @@ class AsyncAllocation(AllocationHandle):
 class AsyncSession(SessionHandle):
     """A session as an async context manager: keepalive and the event stream run as tasks."""
 
+    # The async twin of client.Session, method for method: only the waiting differs (tasks and
+    # awaits here, threads and blocking calls there); what they decide is `SessionHandle`'s.
+
     def __init__(
         self,
         client: AsyncClient,
         request: schema.SessionRequest,
-        handlers: dict[str, Handler | None],
+        handlers: Mapping[str, Handler],
         *,
         keepalive: bool = True,
     ) -> None:
@@ -84,7 +79,6 @@ class AsyncSession(SessionHandle):
         self._client = client
         self._keeper: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._closing = False
 
     async def open(self) -> AsyncSession:
         """Open the lease and start the keepalive and event tasks (`async with` does this)."""
@@ -107,23 +101,11 @@ class AsyncSession(SessionHandle):
         /,
         *,
         idempotency_key: str | None = None,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
         **fields: Any,
     ) -> AsyncAllocation:
         """Request debug registers; see `Session.allocate`."""
-        req = allocation_request(request, fields)
-        record = await self._client._run(api.allocate(req, self.token, idempotency_key))
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
+        call, handlers = self._allocation(request, idempotency_key, fields)
+        record = await self._client._run(call)
         tracked, notices = self._dispatcher.track(record, handlers)
         await _deliver(notices)
         return AsyncAllocation(self._client, tracked, self.token, self)
@@ -150,9 +132,8 @@ class AsyncSession(SessionHandle):
 
     async def close(self) -> None:
         """Close the session (releasing all it holds) and stop its tasks. Idempotent."""
-        if self.opened is None or self._closing:
+        if not self._closing_now():
             return
-        self._closing = True
         await _cancel(self._keeper)
         graceful = False
         try:
@@ -174,6 +155,7 @@ class AsyncSession(SessionHandle):
     async def __aenter__(self) -> AsyncSession:
         return await self.open()
 
+    # The async twin of Session.__exit__.
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -188,36 +170,33 @@ class AsyncSession(SessionHandle):
             await self.close()
 
     async def _keep_alive(self) -> None:
-        delay = self._keepalive_delay(True)
-        while True:
+        delay: float | None = self._keepalive_interval()
+        while delay is not None:
             await asyncio.sleep(delay)
             try:
-                self._kept(await self._client._run(api.keepalive(self.id, self.token), retries=0))
-                delay = self._keepalive_delay(True)
-            except (NotFound, Unauthorized) as exc:
-                self._ended(f"lease lost: {exc.detail}")
-                return
+                delay = self._kept(
+                    await self._client._run(api.keepalive(self.id, self.token), retries=0)
+                )
             except DebugregError as exc:
-                log.debug("keepalive of %s failed, retrying: %s", self.id, exc)
-                delay = self._keepalive_delay(False)
+                delay = self._keepalive_failed(exc)
 
     async def _listen(self) -> None:
         try:
             async for event in self._client._follow(self._stream(), self._feed):
                 await _deliver(self._dispatcher.route(event))
-                if ends_session(event, self.id):
-                    self._ended(close_reason(event))
+                if self._closed_by(event):
                     if self._keeper is not asyncio.current_task():
                         await _cancel(self._keeper)
                     return
         except DebugregError as exc:
-            self._ended(f"event stream refused: {exc.detail}")
+            self._stream_refused(exc)
             await _cancel(self._keeper)
         except Exception:
             log.exception("event stream of session %s failed", self.id)
 
 
 async def _deliver(notices: list[Notice]) -> None:
+    # The async twin of client._deliver: a handler may be a coroutine function.
     for handler, event in notices:
         try:
             result = handler(event)
@@ -236,42 +215,22 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
         await task
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
     """An asyncio debugregd client; the same calls (and TLS settings) as `Client`, awaited."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        admin_key: str | None = None,
-        token: str | None = None,
-        timeout: float = 10.0,
-        retries: int = 2,
-        backoff: Backoff | None = None,
-        stream_timeout: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        ca: StrPath | None = None,
-        cert: StrPath | None = None,
-        key: StrPath | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            admin_key=admin_key,
-            token=token,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            stream_timeout=stream_timeout,
-            ca=ca,
-            cert=cert,
-            key=key,
-        )
+    # The async twin of client.Client, method for method: only the waiting differs. What to
+    # send and how to read the answer is `api`'s, written once for both.
+
+    def _connect(self, transport: httpx.AsyncBaseTransport | None) -> None:
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, transport=transport, verify=self._verify()
+            base_url=self.url, timeout=self.timeout, transport=transport, verify=self._verify()
         )
         self._sessions: weakref.WeakSet[AsyncSession] = weakref.WeakSet()
 
     # -- transport: the only place the async client waits
+
+    # The async twin of Client._run: whether to retry and how to read the answer are the
+    # call's (`api.Call`).
 
     async def _run(self, call: Call[T], *, retries: int | None = None) -> T:
         limit = self.retries if retries is None else retries
@@ -285,12 +244,14 @@ class AsyncClient(ClientBase):
                 if not call.retry(attempt, limit, None):
                     raise unreachable(self.url, exc) from exc
             else:
-                reply = Reply(response.status_code, response.headers, response.content)
+                reply = reply_of(response)
                 if not call.retry(attempt, limit, reply.status):
                     return call.parse(reply)
             await asyncio.sleep(self.backoff.delay(attempt))
             attempt += 1
 
+    # The async twin of Client._follow, which stops when told to (`stop`) instead of by being
+    # cancelled; what the stream's messages mean is the feed's (`events.Feed`).
     async def _follow(self, stream: api.Stream, feed: Feed) -> AsyncIterator[schema.Event]:
         """Events of `stream` after `feed`'s position, exactly once, until cancelled;
         reconnects with backoff and resumes with Last-Event-ID."""
@@ -305,10 +266,7 @@ class AsyncClient(ClientBase):
                 ) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        error = from_reply(response.status_code, response.headers, response.content)
-                        if api.stream_refused(response.status_code):
-                            raise error
-                        raise StreamInterrupted(str(error))
+                        raise api.stream_failure(reply_of(response))
                     attempt = 0
                     async for sse in EventSource(response).aiter_sse():
                         step = feed.receive(sse.id, sse.event, sse.data)
@@ -336,46 +294,21 @@ class AsyncClient(ClientBase):
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # -- sessions
+    # -- sessions: the async twins of Client's
 
     def session(
         self,
         name: str,
         ttl_s: float = 30,
         *,
-        max_priority: int | str | None = None,
-        allow_non_evictable: bool | None = None,
-        allow_kernel: bool | None = None,
         keepalive: bool = True,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
+        **options: Unpack[SessionOptions],
     ) -> AsyncSession:
         """A session to open with `async with`; see `Client.session`."""
-        request = api.session_request(
-            name,
-            ttl_s,
-            max_priority=max_priority,
-            allow_non_evictable=allow_non_evictable,
-            allow_kernel=allow_kernel,
-        )
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
+        request, handlers = session_arguments(name, ttl_s, options)
         return AsyncSession(self, request, handlers, keepalive=keepalive)
 
     async def open_session(
@@ -383,31 +316,26 @@ class AsyncClient(ClientBase):
         name: str,
         ttl_s: float = 30,
         *,
-        max_priority: int | str | None = None,
-        allow_non_evictable: bool | None = None,
-        allow_kernel: bool | None = None,
         idempotency_key: str | None = None,
+        **grants: Unpack[api.Grants],
     ) -> schema.Session:
         """Open a session and return it as data; see `Client.open_session`."""
-        request = api.session_request(
-            name,
-            ttl_s,
-            max_priority=max_priority,
-            allow_non_evictable=allow_non_evictable,
-            allow_kernel=allow_kernel,
-        )
+        request = api.session_request(name, ttl_s, grants)
         return await self._run(api.open_session(request, self.admin_key, idempotency_key))
 
     async def keepalive(self, session_id: str) -> schema.Keepalive:
+        """`Client.keepalive`, awaited."""
         return await self._run(api.keepalive(session_id, self._own))
 
     async def close_session(self, session_id: str) -> None:
+        """`Client.close_session`, awaited."""
         await self._run(api.close_session(session_id, self._own))
 
     async def session_info(self, session_id: str) -> schema.SessionInfo:
+        """`Client.session_info`, awaited."""
         return await self._run(api.session_info(session_id, self._own))
 
-    # -- allocations
+    # -- allocations: the async twins of Client's
 
     async def allocate(
         self,
@@ -430,20 +358,24 @@ class AsyncClient(ClientBase):
         cpu: int | None = None,
         tid: int | None = None,
     ) -> list[schema.Allocation]:
+        """`Client.allocations`, awaited."""
         call = api.allocations(self._own, state=state, session=session, cpu=cpu, tid=tid)
         return (await self._run(call)).allocations
 
     async def allocation(self, allocation_id: str) -> schema.Allocation:
+        """`Client.allocation`, awaited."""
         return await self._run(api.allocation(allocation_id, self._own))
 
     async def release(self, allocation_id: str) -> schema.Allocation:
+        """`Client.release`, awaited."""
         return await self._run(api.release(allocation_id, self._own))
 
-    # -- admin
+    # -- admin: the async twins of Client's
 
     async def evict(
         self, allocation_id: str, reason: str = "evicted by admin"
     ) -> schema.Allocation:
+        """`Client.evict`, awaited."""
         return await self._run(api.evict(allocation_id, reason, self._admin))
 
     async def evict_matching(
@@ -454,35 +386,44 @@ class AsyncClient(ClientBase):
         below_priority: int | str | None = None,
         reason: str = "evicted by admin",
     ) -> list[str]:
+        """`Client.evict_matching`, awaited."""
         call = api.evict_matching(
             self._admin, cpu=cpu, tid=tid, below_priority=below_priority, reason=reason
         )
         return (await self._run(call)).evicted
 
     async def state(self) -> schema.Snapshot:
+        """`Client.state`, awaited."""
         return await self._run(api.state(self._admin))
 
     async def health(self) -> schema.Health:
+        """`Client.health`, awaited."""
         return await self._run(api.health())
 
     async def host(self) -> schema.Host:
+        """`Client.host`, awaited."""
         return await self._run(api.host())
 
     async def cpus(self) -> list[dict[str, Any]]:
+        """`Client.cpus`, awaited."""
         return await self._run(api.cpus(self._admin))
 
     async def cpu(self, number: int) -> dict[str, Any]:
+        """`Client.cpu`, awaited."""
         return await self._run(api.cpu(number, self._admin))
 
     async def task(self, tid: int) -> dict[str, Any]:
+        """`Client.task`, awaited."""
         return await self._run(api.task(tid, self._admin))
 
     async def debugregs(self, tid: int) -> schema.DebugRegsState:
+        """`Client.debugregs`, awaited."""
         return await self._run(api.debugregs(tid, self._own))
 
     async def set_debugregs(
         self, tid: int, regs: schema.DebugRegs | None = None, /, **fields: Any
     ) -> schema.DebugRegsState:
+        """`Client.set_debugregs`, awaited."""
         return await self._run(api.set_debugregs(tid, regs, self._own, **fields))
 
     async def sim_access(
@@ -495,6 +436,7 @@ class AsyncClient(ClientBase):
         tid: int | None = None,
         ip: int | str | None = None,
     ) -> list[str]:
+        """`Client.sim_access`, awaited."""
         call = api.sim_access(
             self._admin, cpu=cpu, address=address, length=length, access=access, tid=tid, ip=ip
         )
@@ -504,11 +446,7 @@ class AsyncClient(ClientBase):
         self, since: int | None = None, *, session: str | None = None
     ) -> AsyncIterator[schema.Event]:
         """Follow events live; see `Client.events`."""
-        stream = (
-            api.session_events(session, self._own)
-            if session is not None
-            else api.all_events(self._admin)
-        )
+        stream = self._events(session)
         feed = Feed(since)
         if since is None:
             feed.seed(await self._run(stream.baseline))

@@ -8,11 +8,10 @@ only in how they wait for the bytes (httpx's own cut between API and transport).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -31,14 +30,10 @@ _REPEATABLE = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An HTTP answer as plain values (header names in lower case)."""
+    """An HTTP answer as plain values: its status and its body."""
 
     status: int
-    headers: Mapping[str, str]
     content: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +87,16 @@ class Stream:
         return out
 
 
-def stream_refused(status: int) -> bool:
-    """Whether a stream's non-200 answer is final (bad credential, no such session, bad
-    Last-Event-ID) rather than a reason to reconnect later (5xx: restarting, overloaded)."""
-    return status < 500
+class StreamInterrupted(Exception):
+    """A stream answered with a status worth reconnecting for later (5xx)."""
+
+
+def stream_failure(reply: Reply) -> Exception:
+    """What a stream's non-200 answer means: the typed error when it is final (bad credential,
+    no such session, bad Last-Event-ID), `StreamInterrupted` when it is a reason to reconnect
+    later (5xx: restarting, overloaded)."""
+    error = from_reply(reply.status, reply.content)
+    return error if reply.status < 500 else StreamInterrupted(str(error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ def _check(reply: Reply, expected: int) -> None:
         # Any other 2xx is still a success the parser below can read.
         if 200 <= reply.status < 300 and expected != 204:
             return
-        raise from_reply(reply.status, reply.headers, reply.content)
+        raise from_reply(reply.status, reply.content)
 
 
 def _model(model: type[M], expected: int = 200) -> Callable[[Reply], M]:
@@ -155,7 +156,7 @@ def _adapter(adapter: TypeAdapter[T]) -> Callable[[Reply], T]:
 
 def _no_content(reply: Reply) -> None:
     if not 200 <= reply.status < 300:
-        raise from_reply(reply.status, reply.headers, reply.content)
+        raise from_reply(reply.status, reply.content)
 
 
 def _allocation_list(reply: Reply) -> Baseline:
@@ -181,6 +182,38 @@ def _json(model: BaseModel) -> Any:
     return model.model_dump(mode="json", exclude_none=True)
 
 
+def _create(
+    path: str,
+    answer: type[M],
+    request: BaseModel,
+    token: str | None,
+    idempotency_key: str | None,
+) -> Call[M]:
+    """A POST that creates something (201). It carries an idempotency key, a fresh one if none
+    is given, so that sending it again after a lost answer creates nothing twice."""
+    return Call(
+        "POST",
+        path,
+        _model(answer, 201),
+        body=_json(request),
+        token=token,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+
+
+def _post_fields(
+    path: str,
+    answer: type[M],
+    request: type[BaseModel],
+    fields: Mapping[str, Any],
+    token: str | None,
+) -> Call[M]:
+    """A POST of a `request` made of the keyword `fields` given (None: the daemon's default)."""
+    return Call(
+        "POST", path, _model(answer), body=_json(build(request, given(**fields))), token=token
+    )
+
+
 # ---------------------------------------------------------------- anyone
 
 
@@ -195,37 +228,29 @@ def host() -> Call[schema.Host]:
 # ---------------------------------------------------------------- sessions
 
 
-def session_request(
-    name: str,
-    ttl_s: float,
-    *,
-    max_priority: int | str | None = None,
-    allow_non_evictable: bool | None = None,
-    allow_kernel: bool | None = None,
-) -> schema.SessionRequest:
-    return build(
-        schema.SessionRequest,
-        given(
-            name=name,
-            ttl_s=ttl_s,
-            max_priority=max_priority,
-            allow_non_evictable=allow_non_evictable,
-            allow_kernel=allow_kernel,
-        ),
-    )
+class Grants(TypedDict, total=False):
+    """What a session may do beyond the defaults, each only with the admin key: priorities up
+    to `max_priority` (above normal), non-evictable allocations, kernel addresses. None leaves
+    the daemon's default."""
+
+    max_priority: int | str | None
+    allow_non_evictable: bool | None
+    allow_kernel: bool | None
+
+
+def session_request(name: str, ttl_s: float, grants: Grants) -> schema.SessionRequest:
+    """The request to open a session; `grants` come from keywords, so anything else among
+    them is the caller's mistake (a TypeError, as for any unknown keyword)."""
+    unknown = sorted(grants.keys() - Grants.__annotations__.keys())
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    return build(schema.SessionRequest, given(name=name, ttl_s=ttl_s, **grants))
 
 
 def open_session(
     request: schema.SessionRequest, token: str | None, idempotency_key: str | None = None
 ) -> Call[schema.Session]:
-    return Call(
-        "POST",
-        "/v1/sessions",
-        _model(schema.Session, 201),
-        body=_json(request),
-        token=token,
-        idempotency_key=idempotency_key or new_idempotency_key(),
-    )
+    return _create("/v1/sessions", schema.Session, request, token, idempotency_key)
 
 
 def keepalive(session_id: str, token: str | None) -> Call[schema.Keepalive]:
@@ -253,27 +278,19 @@ def close_session(session_id: str, token: str | None) -> Call[None]:
 def allocate(
     request: schema.AllocationRequest, token: str | None, idempotency_key: str | None = None
 ) -> Call[schema.Allocation]:
+    return _create("/v1/allocations", schema.Allocation, request, token, idempotency_key)
+
+
+def allocations(token: str | None, **filters: str | int | None) -> Call[schema.AllocationList]:
+    """The live allocations (or those in `state`) of `session`, on `cpu`, of task `tid`: the
+    filters given."""
     return Call(
-        "POST",
+        "GET",
         "/v1/allocations",
-        _model(schema.Allocation, 201),
-        body=_json(request),
+        _model(schema.AllocationList),
+        params=given(**filters),
         token=token,
-        idempotency_key=idempotency_key or new_idempotency_key(),
     )
-
-
-def allocations(
-    token: str | None,
-    *,
-    state: str | None = None,
-    session: str | None = None,
-    cpu: int | None = None,
-    tid: int | None = None,
-) -> Call[schema.AllocationList]:
-    filters = {"state": state, "session": session, "cpu": cpu, "tid": tid}
-    params = {k: v for k, v in filters.items() if v is not None}
-    return Call("GET", "/v1/allocations", _model(schema.AllocationList), params=params, token=token)
 
 
 def allocation(allocation_id: str, token: str | None) -> Call[schema.Allocation]:
@@ -298,24 +315,11 @@ def evict(allocation_id: str, reason: str, token: str | None) -> Call[schema.All
     )
 
 
-def evict_matching(
-    token: str | None,
-    *,
-    cpu: int | None = None,
-    tid: int | None = None,
-    below_priority: int | str | None = None,
-    reason: str = "evicted by admin",
-) -> Call[schema.BulkEvictResult]:
-    request = build(
-        schema.BulkEvictRequest,
-        given(cpu=cpu, tid=tid, below_priority=below_priority, reason=reason),
-    )
-    return Call(
-        "POST",
-        "/v1/evictions",
-        _model(schema.BulkEvictResult),
-        body=_json(request),
-        token=token,
+def evict_matching(token: str | None, **fields: Any) -> Call[schema.BulkEvictResult]:
+    """`schema.BulkEvictRequest`'s fields as keywords (`cpu`, `tid`, `below_priority`,
+    `reason`); None leaves the daemon's default."""
+    return _post_fields(
+        "/v1/evictions", schema.BulkEvictResult, schema.BulkEvictRequest, fields, token
     )
 
 
@@ -356,27 +360,10 @@ def set_debugregs(
     )
 
 
-def sim_access(
-    token: str | None,
-    *,
-    cpu: int,
-    address: int | str,
-    length: int = 1,
-    access: str = "write",
-    tid: int | None = None,
-    ip: int | str | None = None,
-) -> Call[schema.SimAccessResult]:
-    body = build(
-        schema.SimAccess,
-        given(cpu=cpu, address=address, length=length, access=access, tid=tid, ip=ip),
-    )
-    return Call(
-        "POST",
-        "/v1/sim/accesses",
-        _model(schema.SimAccessResult),
-        body=_json(body),
-        token=token,
-    )
+def sim_access(token: str | None, **fields: Any) -> Call[schema.SimAccessResult]:
+    """`schema.SimAccess`'s fields as keywords (`cpu`, `address`, `length`, `access`, `tid`,
+    `ip`); None leaves the daemon's default."""
+    return _post_fields("/v1/sim/accesses", schema.SimAccessResult, schema.SimAccess, fields, token)
 
 
 # ---------------------------------------------------------------- event streams

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -23,6 +23,7 @@ from debugreg.errors import (
     Unreachable,
 )
 from debugreg.gdb import launch
+from debugreg.priorities import DEFAULT_MAX_PRIORITY, priority_value
 
 OK, CONFLICT, USAGE, AUTH, NOT_FOUND, UNREACHABLE, DAEMON_ERROR, INTERRUPTED = (
     0,
@@ -34,8 +35,6 @@ OK, CONFLICT, USAGE, AUTH, NOT_FOUND, UNREACHABLE, DAEMON_ERROR, INTERRUPTED = (
     6,
     130,
 )
-
-NORMAL_PRIORITY = 300  # the highest priority a session has without the max_priority grant
 
 EPILOG = f"""\
 environment:
@@ -91,6 +90,16 @@ def _note(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _show(args: argparse.Namespace, value: Any, lines: Iterable[str]) -> int:
+    """Print `value` as one JSON line with --json, else as its human `lines`."""
+    if args.json:
+        _out(render.to_json(value))
+    else:
+        for line in lines:
+            _out(line)
+    return OK
+
+
 def _cpu_list(text: str) -> list[int] | str:
     if text == "all":
         return "all"
@@ -116,11 +125,13 @@ def _number(text: str) -> int:
         ) from None
 
 
-def _above_normal(priority: int | str) -> bool:
-    """Whether a priority needs the `max_priority` grant (sessions get up to `normal`)."""
-    if isinstance(priority, int):
-        return priority > NORMAL_PRIORITY
-    return priority not in ("background", "normal")
+def _needs_grant(priority: int | str) -> bool:
+    """Whether a priority needs the `max_priority` grant. An invalid one asks for it too, so
+    that the daemon words the error."""
+    try:
+        return priority_value(priority) > DEFAULT_MAX_PRIORITY
+    except ValueError:
+        return True
 
 
 def _session_id(args: argparse.Namespace) -> str:
@@ -190,7 +201,7 @@ def _open_for(client: Client, args: argparse.Namespace) -> schema.Session:
     the request needs, so `--priority critical --non-evictable` works in one command."""
     grants: dict[str, Any] = {}
     if client.admin_key is not None:
-        if _above_normal(args.priority):
+        if _needs_grant(args.priority):
             grants["max_priority"] = args.priority
         if args.non_evictable:
             grants["allow_non_evictable"] = True
@@ -225,12 +236,7 @@ def cmd_ls(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     record = client.allocation(args.id)
-    if args.json:
-        _out(render.to_json(record))
-    else:
-        for line in render.allocation_details(record):
-            _out(line)
-    return OK
+    return _show(args, record, render.allocation_details(record))
 
 
 def cmd_evict(client: Client, args: argparse.Namespace) -> int:
@@ -321,41 +327,24 @@ def cmd_state(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_cpus(client: Client, args: argparse.Namespace) -> int:
     views = client.cpus() if args.cpu is None else [client.cpu(args.cpu)]
-    if args.json:
-        _out(render.to_json(views))
-    else:
-        for line in render.register_lines(views):
-            _out(line)
-    return OK
+    return _show(args, views, render.register_lines(views))
 
 
 def cmd_host(client: Client, args: argparse.Namespace) -> int:
     host = client.host()
-    if args.json:
-        _out(render.to_json(host))
-    else:
-        for line in render.host_lines(host):
-            _out(line)
-    return OK
+    return _show(args, host, render.host_lines(host))
 
 
 def cmd_debugregs_get(client: Client, args: argparse.Namespace) -> int:
-    return _show_debugregs(client.debugregs(args.tid), args)
+    regs = client.debugregs(args.tid)
+    return _show(args, regs, render.debugregs_lines(regs))
 
 
 def cmd_debugregs_set(client: Client, args: argparse.Namespace) -> int:
     fields = {f"dr{n}": getattr(args, f"dr{n}") for n in range(4)}
     fields["dr7"] = args.dr7
-    return _show_debugregs(client.set_debugregs(args.tid, **fields), args)
-
-
-def _show_debugregs(regs: schema.DebugRegsState, args: argparse.Namespace) -> int:
-    if args.json:
-        _out(render.to_json(regs))
-    else:
-        for line in render.debugregs_lines(regs):
-            _out(line)
-    return OK
+    regs = client.set_debugregs(args.tid, **fields)
+    return _show(args, regs, render.debugregs_lines(regs))
 
 
 def cmd_session_open(client: Client, args: argparse.Namespace) -> int:
@@ -366,18 +355,11 @@ def cmd_session_open(client: Client, args: argparse.Namespace) -> int:
         allow_non_evictable=args.allow_non_evictable or None,
         allow_kernel=args.allow_kernel or None,
     )
-    if args.json:
-        _out(render.to_json(opened))
-    elif args.export:
+    if args.export and not args.json:
         _out(f"export DEBUGREG_SESSION={opened.id}")
         _out(f"export DEBUGREG_TOKEN={opened.token}")
-    else:
-        _out(f"session: {opened.id}")
-        _out(f"token: {opened.token}")
-        _out(f"ttl_s: {opened.ttl_s:g}")
-        _out(f"expires_at: {render.when(opened.expires_at)}")
-        _out(f"max_priority: {opened.max_priority}")
-    return OK
+        return OK
+    return _show(args, opened, render.session_lines(opened))
 
 
 def cmd_session_keepalive(client: Client, args: argparse.Namespace) -> int:
@@ -400,16 +382,7 @@ def cmd_session_close(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_session_show(client: Client, args: argparse.Namespace) -> int:
     info = client.session_info(_session_id(args))
-    if args.json:
-        _out(render.to_json(info))
-    else:
-        _out(f"session: {info.id}")
-        _out(f"name: {info.name}")
-        _out(f"ttl_s: {info.ttl_s:g}")
-        _out(f"expires_at: {render.when(info.expires_at)}")
-        _out(f"max_priority: {info.max_priority}")
-        _out(f"allocations: {' '.join(info.allocations) or '-'}")
-    return OK
+    return _show(args, info, render.session_lines(info))
 
 
 # ---------------------------------------------------------------- parser

@@ -13,39 +13,37 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
 from httpx_sse import EventSource, SSEError
 
 from debugreg import api, schema
-from debugreg.api import Call, Reply
+from debugreg.api import Call, Reply, StreamInterrupted
 from debugreg.errors import (
     DebugregError,
     NotFound,
     ServerError,
     Unauthorized,
     Unreachable,
-    from_reply,
     invalid_tls,
     unreachable,
 )
-from debugreg.events import (
-    Backoff,
-    Feed,
-    Handler,
-    Notice,
-    Tracked,
-    close_reason,
-    ends_session,
-    handler_map,
+from debugreg.events import Backoff, Feed, Handler, Notice, Tracked
+from debugreg.handles import (
+    AllocationHandle,
+    SessionHandle,
+    SessionOptions,
+    allocation_request,
+    session_arguments,
 )
-from debugreg.handles import AllocationHandle, SessionHandle, allocation_request
 from debugreg.tls import StrPath, TLSSettings
 
 T = TypeVar("T")
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 log = logging.getLogger("debugreg")
 
 DEFAULT_URL = "http://127.0.0.1:8765"
@@ -55,24 +53,21 @@ CLOSE_WAIT_S = 2.0  # how long close() lets the stream deliver the session's las
 RECONNECT_ERRORS = (httpx.TransportError, httpx.StreamError, SSEError, ServerError, Unreachable)
 
 
-class StreamInterrupted(Exception):
-    """A stream answered with a status worth reconnecting for later (5xx)."""
-
-
-class ClientBase:
+class ClientBase(ABC, Generic[TransportT]):
     """Where the daemon is, how to trust it, which credentials to show, and how patiently to
-    retry."""
+    retry: what `Client` and `AsyncClient` share, taken by both as the same arguments."""
 
     def __init__(
         self,
-        url: str,
+        url: str = DEFAULT_URL,
         *,
-        admin_key: str | None,
-        token: str | None,
-        timeout: float,
-        retries: int,
-        backoff: Backoff | None,
-        stream_timeout: float,
+        admin_key: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 2,
+        backoff: Backoff | None = None,
+        stream_timeout: float = 60.0,
+        transport: TransportT | None = None,
         ca: StrPath | None = None,
         cert: StrPath | None = None,
         key: StrPath | None = None,
@@ -85,6 +80,11 @@ class ClientBase:
         self.backoff = backoff or Backoff()
         self.stream_timeout = stream_timeout
         self.tls = TLSSettings.resolve(ca, cert, key)
+        self._connect(transport)
+
+    @abstractmethod
+    def _connect(self, transport: TransportT | None) -> None:
+        """Make the httpx client this client waits on (through `transport`, if given)."""
 
     def _verify(self) -> ssl.SSLContext | bool:
         """httpx's `verify` for this daemon: the TLS settings' context for an https:// URL
@@ -110,9 +110,22 @@ class ClientBase:
         # The read timeout spans heartbeats (every 15 s by default): a silent peer is dead.
         return httpx.Timeout(self.timeout, read=self.stream_timeout)
 
+    def _events(self, session: str | None) -> api.Stream:
+        """The stream `events()` follows: `session`'s, else every event (admin)."""
+        if session is not None:
+            return api.session_events(session, self._own)
+        return api.all_events(self._admin)
+
+
+def reply_of(response: httpx.Response) -> Reply:
+    """An httpx answer, read, as the plain values `api` parses."""
+    return Reply(response.status_code, response.content)
+
 
 class Allocation(AllocationHandle):
     """An allocation you hold; `release()` ends it. Never an integer: this is the handle."""
+
+    # The sync twin of aio.AsyncAllocation: the same calls, waited for by blocking.
 
     def __init__(
         self,
@@ -141,11 +154,14 @@ class Session(SessionHandle):
     thread every third of its TTL, follows its event stream from another thread (reconnecting
     and resuming by itself), and closes on exit, releasing everything it held."""
 
+    # The sync twin of aio.AsyncSession, method for method: only the waiting differs (threads
+    # and blocking calls here, tasks and awaits there); what they decide is `SessionHandle`'s.
+
     def __init__(
         self,
         client: Client,
         request: schema.SessionRequest,
-        handlers: dict[str, Handler | None],
+        handlers: Mapping[str, Handler],
         *,
         keepalive: bool = True,
     ) -> None:
@@ -157,7 +173,6 @@ class Session(SessionHandle):
         self._interrupt = _Interrupt()
         self._keeper: threading.Thread | None = None
         self._listener: threading.Thread | None = None
-        self._closing = False
 
     def open(self) -> Session:
         """Open the lease and start the keepalive and event threads (enter does this)."""
@@ -183,27 +198,16 @@ class Session(SessionHandle):
         /,
         *,
         idempotency_key: str | None = None,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
         **fields: Any,
     ) -> Allocation:
         """Request debug registers (an `AllocationRequest` or its fields as keywords).
 
         Returns the handle, installed or waiting; raises `Refused` (with `.blockers`) when it
-        does not fit and `wait` is false. The `on_*` handlers hear this allocation's events.
+        does not fit and `wait` is false. The handler keywords (`Handlers`: `on_evicted`,
+        `on_moved`, `on_reinstalled`, `on_hit`, `on_expired`) hear this allocation's events.
         """
-        req = allocation_request(request, fields)
-        record = self._client._run(api.allocate(req, self.token, idempotency_key))
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
+        call, handlers = self._allocation(request, idempotency_key, fields)
+        record = self._client._run(call)
         with self._guard:
             tracked, notices = self._dispatcher.track(record, handlers)
             _deliver(notices)
@@ -233,9 +237,8 @@ class Session(SessionHandle):
 
     def close(self) -> None:
         """Close the session (releasing all it holds) and stop its threads. Idempotent."""
-        if self.opened is None or self._closing:
+        if not self._closing_now():
             return
-        self._closing = True
         self._stop_keepalive.set()
         graceful = False
         try:
@@ -251,6 +254,7 @@ class Session(SessionHandle):
     def __enter__(self) -> Session:
         return self.open()
 
+    # The sync twin of AsyncSession.__aexit__.
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -280,18 +284,12 @@ class Session(SessionHandle):
             self._keeper.join(CLOSE_WAIT_S)
 
     def _keep_alive(self) -> None:
-        delay = self._keepalive_delay(True)
-        while not self._stop_keepalive.wait(delay):
+        delay: float | None = self._keepalive_interval()
+        while delay is not None and not self._stop_keepalive.wait(delay):
             try:
-                self._kept(self._client._run(api.keepalive(self.id, self.token), retries=0))
-                delay = self._keepalive_delay(True)
-            except (NotFound, Unauthorized) as exc:
-                # The lease is gone; the stream still delivers the `expired` events.
-                self._ended(f"lease lost: {exc.detail}")
-                return
+                delay = self._kept(self._client._run(api.keepalive(self.id, self.token), retries=0))
             except DebugregError as exc:
-                log.debug("keepalive of %s failed, retrying: %s", self.id, exc)
-                delay = self._keepalive_delay(False)
+                delay = self._keepalive_failed(exc)
 
     def _listen(self) -> None:
         try:
@@ -300,19 +298,18 @@ class Session(SessionHandle):
             ):
                 with self._guard:
                     _deliver(self._dispatcher.route(event))
-                if ends_session(event, self.id):
-                    self._ended(close_reason(event))
+                if self._closed_by(event):
                     self._stop_keepalive.set()
                     return
         except DebugregError as exc:
-            # Refused for good (token revoked, session gone): nothing more will come.
-            self._ended(f"event stream refused: {exc.detail}")
+            self._stream_refused(exc)
             self._stop_keepalive.set()
         except Exception:
             log.exception("event stream of session %s failed", self.id)
 
 
 def _deliver(notices: list[Notice]) -> None:
+    # The sync twin of aio._deliver, which also awaits what a handler returns.
     for handler, event in notices:
         try:
             handler(event)
@@ -353,7 +350,7 @@ class _Interrupt:
                 self._socket.shutdown(socket.SHUT_RDWR)
 
 
-class Client(ClientBase):
+class Client(ClientBase[httpx.BaseTransport]):
     """A synchronous debugregd client.
 
     `admin_key` authorizes admin calls and session grants; `token` acts as an existing session
@@ -363,39 +360,19 @@ class Client(ClientBase):
     context manager, or call `close()`.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        admin_key: str | None = None,
-        token: str | None = None,
-        timeout: float = 10.0,
-        retries: int = 2,
-        backoff: Backoff | None = None,
-        stream_timeout: float = 60.0,
-        transport: httpx.BaseTransport | None = None,
-        ca: StrPath | None = None,
-        cert: StrPath | None = None,
-        key: StrPath | None = None,
-    ) -> None:
-        super().__init__(
-            url,
-            admin_key=admin_key,
-            token=token,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            stream_timeout=stream_timeout,
-            ca=ca,
-            cert=cert,
-            key=key,
-        )
+    # The sync twin of aio.AsyncClient, method for method: only the waiting differs. What to
+    # send and how to read the answer is `api`'s, written once for both.
+
+    def _connect(self, transport: httpx.BaseTransport | None) -> None:
         self._http = httpx.Client(
-            base_url=self.url, timeout=timeout, transport=transport, verify=self._verify()
+            base_url=self.url, timeout=self.timeout, transport=transport, verify=self._verify()
         )
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
     # -- transport: the only place the sync client waits
+
+    # The sync twin of AsyncClient._run: whether to retry and how to read the answer are the
+    # call's (`api.Call`).
 
     def _run(self, call: Call[T], *, retries: int | None = None) -> T:
         limit = self.retries if retries is None else retries
@@ -409,12 +386,14 @@ class Client(ClientBase):
                 if not call.retry(attempt, limit, None):
                     raise unreachable(self.url, exc) from exc
             else:
-                reply = Reply(response.status_code, response.headers, response.content)
+                reply = reply_of(response)
                 if not call.retry(attempt, limit, reply.status):
                     return call.parse(reply)
             time.sleep(self.backoff.delay(attempt))
             attempt += 1
 
+    # The sync twin of AsyncClient._follow, which stops by being cancelled instead of by `stop`;
+    # what the stream's messages mean is the feed's (`events.Feed`).
     def _follow(
         self, stream: api.Stream, feed: Feed, stop: threading.Event, interrupt: _Interrupt
     ) -> Iterator[schema.Event]:
@@ -431,10 +410,7 @@ class Client(ClientBase):
                 ) as response:
                     if response.status_code != 200:
                         response.read()
-                        error = from_reply(response.status_code, response.headers, response.content)
-                        if api.stream_refused(response.status_code):
-                            raise error
-                        raise StreamInterrupted(str(error))
+                        raise api.stream_failure(reply_of(response))
                     attempt = 0
                     interrupt.attach(response)
                     for sse in EventSource(response).iter_sse():
@@ -466,48 +442,25 @@ class Client(ClientBase):
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- sessions
+    # -- sessions: the sync twins of AsyncClient's
 
     def session(
         self,
         name: str,
         ttl_s: float = 30,
         *,
-        max_priority: int | str | None = None,
-        allow_non_evictable: bool | None = None,
-        allow_kernel: bool | None = None,
         keepalive: bool = True,
-        on_evicted: Handler | None = None,
-        on_moved: Handler | None = None,
-        on_reinstalled: Handler | None = None,
-        on_hit: Handler | None = None,
-        on_expired: Handler | None = None,
+        **options: Unpack[SessionOptions],
     ) -> Session:
-        """A session to open with `with`: grants (`max_priority` above normal,
-        `allow_non_evictable`, `allow_kernel`) need the admin key; `on_*` handlers hear every
-        allocation of the session. `keepalive=False` lets the lease run out after `ttl_s`."""
-        request = api.session_request(
-            name,
-            ttl_s,
-            max_priority=max_priority,
-            allow_non_evictable=allow_non_evictable,
-            allow_kernel=allow_kernel,
-        )
-        handlers = handler_map(
-            on_evicted=on_evicted,
-            on_moved=on_moved,
-            on_reinstalled=on_reinstalled,
-            on_hit=on_hit,
-            on_expired=on_expired,
-        )
+        """A session to open with `with`. Its keywords (`SessionOptions`) are grants, which
+        need the admin key (`max_priority` above normal, `allow_non_evictable`,
+        `allow_kernel`), and handlers (`Handlers`: `on_evicted`, `on_moved`, `on_reinstalled`,
+        `on_hit`, `on_expired`) that hear every allocation of the session. `keepalive=False`
+        lets the lease run out after `ttl_s`."""
+        request, handlers = session_arguments(name, ttl_s, options)
         return Session(self, request, handlers, keepalive=keepalive)
 
     def open_session(
@@ -515,20 +468,13 @@ class Client(ClientBase):
         name: str,
         ttl_s: float = 30,
         *,
-        max_priority: int | str | None = None,
-        allow_non_evictable: bool | None = None,
-        allow_kernel: bool | None = None,
         idempotency_key: str | None = None,
+        **grants: Unpack[api.Grants],
     ) -> schema.Session:
         """Open a session and return it as data (id and token), without keeping it alive or
-        following its events: for handing the token to another process."""
-        request = api.session_request(
-            name,
-            ttl_s,
-            max_priority=max_priority,
-            allow_non_evictable=allow_non_evictable,
-            allow_kernel=allow_kernel,
-        )
+        following its events: for handing the token to another process. Grants as for
+        `session()`."""
+        request = api.session_request(name, ttl_s, grants)
         return self._run(api.open_session(request, self.admin_key, idempotency_key))
 
     def keepalive(self, session_id: str) -> schema.Keepalive:
@@ -540,9 +486,10 @@ class Client(ClientBase):
         self._run(api.close_session(session_id, self._own))
 
     def session_info(self, session_id: str) -> schema.SessionInfo:
+        """A session as the daemon sees it (its token or the admin key)."""
         return self._run(api.session_info(session_id, self._own))
 
-    # -- allocations
+    # -- allocations: the sync twins of AsyncClient's
 
     def allocate(
         self,
@@ -571,13 +518,14 @@ class Client(ClientBase):
         return self._run(call).allocations
 
     def allocation(self, allocation_id: str) -> schema.Allocation:
+        """One allocation's record (its owner or the admin key)."""
         return self._run(api.allocation(allocation_id, self._own))
 
     def release(self, allocation_id: str) -> schema.Allocation:
         """Release by id (owner or admin; idempotent). Prefer `Allocation.release()`."""
         return self._run(api.release(allocation_id, self._own))
 
-    # -- admin
+    # -- admin: the sync twins of AsyncClient's
 
     def evict(self, allocation_id: str, reason: str = "evicted by admin") -> schema.Allocation:
         """Evict one allocation (admin)."""
@@ -602,9 +550,11 @@ class Client(ClientBase):
         return self._run(api.state(self._admin))
 
     def health(self) -> schema.Health:
+        """Whether the daemon serves (a 503 raises `ServerError`)."""
         return self._run(api.health())
 
     def host(self) -> schema.Host:
+        """The host's profile, CPUs, pools and the users outside debugregd."""
         return self._run(api.host())
 
     def cpus(self) -> list[dict[str, Any]]:
@@ -612,6 +562,7 @@ class Client(ClientBase):
         return self._run(api.cpus(self._admin))
 
     def cpu(self, number: int) -> dict[str, Any]:
+        """One CPU's register files, index by index (admin)."""
         return self._run(api.cpu(number, self._admin))
 
     def task(self, tid: int) -> dict[str, Any]:
@@ -654,11 +605,7 @@ class Client(ClientBase):
         the stream follows from there. After a `reset` the iterator yields the reset and then
         one `reconciled` event per change it finds in a fresh read of the state.
         """
-        stream = (
-            api.session_events(session, self._own)
-            if session is not None
-            else api.all_events(self._admin)
-        )
+        stream = self._events(session)
         feed = Feed(since)
         if since is None:
             feed.seed(self._run(stream.baseline))

@@ -7,7 +7,6 @@ async clients, and the CLI's exit codes, agree on what each failure is.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -91,7 +90,7 @@ _BY_STATUS: dict[int, type[DebugregError]] = {
 }
 
 
-def problem_of(status: int, headers: Mapping[str, str], content: bytes) -> Problem:
+def problem_of(status: int, content: bytes) -> Problem:
     """The problem a failed answer carries; a body that is not problem+json becomes one."""
     try:
         data = json.loads(content) if content else None
@@ -111,9 +110,9 @@ def problem_of(status: int, headers: Mapping[str, str], content: bytes) -> Probl
     )
 
 
-def from_reply(status: int, headers: Mapping[str, str], content: bytes) -> DebugregError:
+def from_reply(status: int, content: bytes) -> DebugregError:
     """The typed error for a non-2xx answer."""
-    problem = problem_of(status, headers, content)
+    problem = problem_of(status, content)
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else DebugregError

@@ -20,7 +20,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from pydantic import ValidationError
 
@@ -30,13 +30,23 @@ from debugreg.schema import Allocation, Event
 Handler = Callable[[Event], Any]
 """A callback given one event; an async client also awaits what it returns, if awaitable."""
 
+
+class Handlers(TypedDict, total=False):
+    """The handler keywords of `session(...)` (every allocation of the session) and of
+    `allocate(...)` (that allocation), for `Client` and `AsyncClient` alike: `on_<type>` hears
+    the events of that type."""
+
+    on_evicted: Handler | None
+    on_moved: Handler | None
+    on_reinstalled: Handler | None
+    on_hit: Handler | None
+    on_expired: Handler | None
+
+
 Notice = tuple[Handler, Event]
 
 LIVE = frozenset({"installed", "waiting"})
 TERMINAL = frozenset({"released", "evicted", "expired"})
-
-HANDLED = ("evicted", "moved", "reinstalled", "hit", "expired")
-"""Event types with an `on_<type>` keyword on `allocate` and `session`."""
 
 # A reader forgets the oldest finished allocations beyond this many; only stale repeats of their
 # terminal events could still arrive, right after a reset.
@@ -89,11 +99,6 @@ class Feed:
         # After a reset, state was read as of this event id: later copies of earlier events
         # are already reflected in the mirror and in what the reader was told.
         self._reflected_upto: int | None = None
-
-    @property
-    def live(self) -> Mapping[str, Allocation]:
-        """The live allocations as this feed knows them."""
-        return self._live
 
     def seed(self, baseline: Baseline) -> None:
         """Start from a state read (e.g. GET /v1/state) instead of an empty mirror."""
@@ -292,7 +297,7 @@ class Dispatcher:
         self._session.setdefault(event_type, []).append(handler)
 
     def track(
-        self, record: Allocation, handlers: Mapping[str, Handler | None] | None = None
+        self, record: Allocation, handlers: Mapping[str, Handler] | None = None
     ) -> tuple[Tracked, list[Notice]]:
         """Follow an allocation from `record` on (the answer that created or listed it).
 
@@ -307,8 +312,7 @@ class Dispatcher:
         else:
             tracked.update(record)
         for event_type, handler in (handlers or {}).items():
-            if handler is not None:
-                tracked.add(event_type, handler)
+            tracked.add(event_type, handler)
         notices: list[Notice] = []
         for event in self._early.pop(record.id, []):
             if event.type in LIVE:
@@ -348,29 +352,13 @@ class Dispatcher:
         return [(h, event) for h in list(tracked.handlers.get(event.type, ()))]
 
 
-def handler_map(
-    *,
-    on_evicted: Handler | None = None,
-    on_moved: Handler | None = None,
-    on_reinstalled: Handler | None = None,
-    on_hit: Handler | None = None,
-    on_expired: Handler | None = None,
-) -> dict[str, Handler | None]:
-    """The `on_<type>` keywords as a map from event type to handler."""
-    return {
-        "evicted": on_evicted,
-        "moved": on_moved,
-        "reinstalled": on_reinstalled,
-        "hit": on_hit,
-        "expired": on_expired,
-    }
+def handler_map(handlers: Handlers) -> dict[str, Handler]:
+    """The handlers given (not None) by the event type they hear."""
+    given = cast(Mapping[str, Handler | None], handlers)  # every value of `Handlers` is one
+    return {key.removeprefix("on_"): h for key, h in given.items() if h is not None}
 
 
-def ends_session(event: Event, session_id: str | None) -> bool:
-    """Whether `event` is the end of the session the stream belongs to."""
-    return event.type == "session_closed" and event.session == session_id
-
-
-def close_reason(event: Event) -> str:
-    """Why a `session_closed` event says the session ended."""
-    return event.reason or "closed"
+def take_handlers(fields: dict[str, Any]) -> Handlers:
+    """Remove the `Handlers` keywords from `fields` (those of `allocate`, whose other keywords
+    are the request's) and return them."""
+    return cast(Handlers, {k: fields.pop(k) for k in Handlers.__annotations__ if k in fields})

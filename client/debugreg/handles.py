@@ -6,14 +6,25 @@ methods that wait (release, refresh, allocate, close...).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from debugreg import api, schema
-from debugreg.events import Dispatcher, Feed, Handler, Tracked
+from debugreg.errors import DebugregError, NotFound, Unauthorized
+from debugreg.events import (
+    Dispatcher,
+    Feed,
+    Handler,
+    Handlers,
+    Tracked,
+    handler_map,
+    take_handlers,
+)
 
 H = TypeVar("H", bound=Handler)
+log = logging.getLogger("debugreg")
 
 
 def allocation_request(
@@ -27,12 +38,57 @@ def allocation_request(
     return request
 
 
+class SessionOptions(api.Grants, Handlers, total=False):
+    """The keywords of `session(...)`, for `Client` and `AsyncClient` alike: the session's grants
+    and the handlers that hear every allocation of the session."""
+
+
+def session_arguments(
+    name: str, ttl_s: float, options: SessionOptions
+) -> tuple[schema.SessionRequest, dict[str, Handler]]:
+    """The request of `session(name, ttl_s, **options)`, and the handlers it gives."""
+    grants: dict[str, Any] = dict(options)
+    handlers = handler_map(take_handlers(grants))
+    return api.session_request(name, ttl_s, cast(api.Grants, grants)), handlers
+
+
 def registers_text(record: schema.Allocation) -> str:
     """'cpu0/dr3 cpu1/dr3': where an allocation sits, compactly."""
     return " ".join(f"cpu{r.cpu}/{r.pool}{r.index}" for r in record.registers) or "-"
 
 
-class AllocationHandle:
+class Listener:
+    """The `on_<type>` decorators, one per `Handlers` keyword, for a handle that follows
+    allocations: an allocation follows itself, a session every allocation it holds."""
+
+    def on(self, event_type: str, handler: H) -> H:
+        """Call `handler(event)` for each `event_type` event this handle follows; returns it."""
+        raise NotImplementedError
+
+    def on_evicted(self, handler: H) -> H:
+        """Call `handler(event)` when an allocation it follows is evicted."""
+        return self.on("evicted", handler)
+
+    def on_moved(self, handler: H) -> H:
+        """Call `handler(event)` when an allocation it follows changes register index (the
+        event's `previous` says from where)."""
+        return self.on("moved", handler)
+
+    def on_reinstalled(self, handler: H) -> H:
+        """Call `handler(event)` when a waiting allocation it follows is installed again."""
+        return self.on("reinstalled", handler)
+
+    def on_hit(self, handler: H) -> H:
+        """Call `handler(event)` when a range it watches is accessed."""
+        return self.on("hit", handler)
+
+    def on_expired(self, handler: H) -> H:
+        """Call `handler(event)` when the session's lease ran out and took an allocation it
+        follows."""
+        return self.on("expired", handler)
+
+
+class AllocationHandle(Listener):
     """An allocation you hold: its latest record, and handlers for what happens to it.
 
     The record follows the session's event stream; `release()` is how it ends.
@@ -52,6 +108,7 @@ class AllocationHandle:
 
     @property
     def id(self) -> str:
+        """The allocation's id (`a7`)."""
         return self._tracked.record.id
 
     @property
@@ -61,10 +118,12 @@ class AllocationHandle:
 
     @property
     def state(self) -> schema.State:
+        """Its state as last known: installed, waiting, released, evicted or expired."""
         return self._tracked.record.state
 
     @property
     def registers(self) -> list[schema.Register]:
+        """The registers it holds as last known (none unless installed)."""
         return self._tracked.record.registers
 
     @property
@@ -74,6 +133,7 @@ class AllocationHandle:
 
     @property
     def installed(self) -> bool:
+        """Whether it holds its registers now, as last known."""
         return self._tracked.record.state == "installed"
 
     def on(self, event_type: str, handler: H) -> H:
@@ -82,26 +142,6 @@ class AllocationHandle:
         with self._guard:
             self._tracked.add(event_type, handler)
         return handler
-
-    def on_evicted(self, handler: H) -> H:
-        """Call `handler(event)` when this allocation is evicted."""
-        return self.on("evicted", handler)
-
-    def on_moved(self, handler: H) -> H:
-        """Call `handler(event)` when its register index changes (event `previous` says from)."""
-        return self.on("moved", handler)
-
-    def on_reinstalled(self, handler: H) -> H:
-        """Call `handler(event)` when a waiting allocation is installed again."""
-        return self.on("reinstalled", handler)
-
-    def on_hit(self, handler: H) -> H:
-        """Call `handler(event)` when the watched range is accessed."""
-        return self.on("hit", handler)
-
-    def on_expired(self, handler: H) -> H:
-        """Call `handler(event)` when the session's lease ran out and took this allocation."""
-        return self.on("expired", handler)
 
     def _settle(self, record: schema.Allocation) -> schema.Allocation:
         """Take a record the client read itself (release, refresh)."""
@@ -119,13 +159,13 @@ class AllocationHandle:
         )
 
 
-class SessionHandle:
+class SessionHandle(Listener):
     """A session you opened: its lease, its event stream's position and its handlers."""
 
     def __init__(
         self,
         request: schema.SessionRequest,
-        handlers: Mapping[str, Handler | None],
+        handlers: Mapping[str, Handler],
         *,
         keepalive: bool,
         guard: AbstractContextManager[Any],
@@ -138,15 +178,16 @@ class SessionHandle:
         self.closed = False
         self.close_reason: str | None = None
         self._keepalive = keepalive
+        self._closing = False
         self._guard = guard
         self._feed = Feed()
         self._dispatcher = Dispatcher()
         for event_type, handler in handlers.items():
-            if handler is not None:
-                self._dispatcher.on(event_type, handler)
+            self._dispatcher.on(event_type, handler)
 
     @property
     def id(self) -> str:
+        """The session's id (`s3`)."""
         return self._info().id
 
     @property
@@ -158,10 +199,12 @@ class SessionHandle:
 
     @property
     def name(self) -> str:
+        """The name it was opened with."""
         return self.request.name
 
     @property
     def ttl_s(self) -> float:
+        """Its lease, in seconds: it expires unless renewed within that time."""
         return self.request.ttl_s
 
     @property
@@ -181,35 +224,10 @@ class SessionHandle:
             self._dispatcher.on(event_type, handler)
         return handler
 
-    def on_evicted(self, handler: H) -> H:
-        """Call `handler(event)` whenever one of this session's allocations is evicted."""
-        return self.on("evicted", handler)
-
-    def on_moved(self, handler: H) -> H:
-        """Call `handler(event)` whenever one of its allocations changes register index."""
-        return self.on("moved", handler)
-
-    def on_reinstalled(self, handler: H) -> H:
-        """Call `handler(event)` whenever one of its waiting allocations is installed again."""
-        return self.on("reinstalled", handler)
-
-    def on_hit(self, handler: H) -> H:
-        """Call `handler(event)` whenever a range it watches is accessed."""
-        return self.on("hit", handler)
-
-    def on_expired(self, handler: H) -> H:
-        """Call `handler(event)` for each allocation the lease's expiry took."""
-        return self.on("expired", handler)
-
     def _info(self) -> schema.Session:
         if self.opened is None:
             raise RuntimeError("the session is not open yet: use it as a context manager")
         return self.opened
-
-    def _keepalive_delay(self, ok: bool) -> float:
-        # A third of the TTL leaves two more tries before the lease runs out; after a failure
-        # (daemon restarting) try again sooner.
-        return self.request.ttl_s / (3 if ok else 6)
 
     def _started(self, opened: schema.Session, baseline: api.Baseline) -> None:
         self.opened = opened
@@ -219,9 +237,55 @@ class SessionHandle:
         # connects after the first allocation.
         self._feed.seed(baseline)
 
-    def _kept(self, keepalive: schema.Keepalive) -> None:
+    def _allocation(
+        self,
+        request: schema.AllocationRequest | None,
+        idempotency_key: str | None,
+        fields: dict[str, Any],
+    ) -> tuple[api.Call[schema.Allocation], dict[str, Handler]]:
+        """What `allocate(request, idempotency_key=..., **fields)` sends, and the handlers of
+        the allocation it makes."""
+        handlers = handler_map(take_handlers(fields))
+        req = allocation_request(request, fields)
+        return api.allocate(req, self.token, idempotency_key), handlers
+
+    def _keepalive_interval(self) -> float:
+        # A third of the TTL leaves two more tries before the lease runs out.
+        return self.request.ttl_s / 3
+
+    def _kept(self, keepalive: schema.Keepalive) -> float:
+        """Take a renewed lease; returns how long to wait before the next keepalive."""
         self.expires_at = keepalive.expires_at
         self.keepalives += 1
+        return self._keepalive_interval()
+
+    def _keepalive_failed(self, exc: DebugregError) -> float | None:
+        """How long to wait before trying a failed keepalive again; None when the lease is gone
+        (the stream still delivers the `expired` events)."""
+        if isinstance(exc, NotFound | Unauthorized):
+            self._ended(f"lease lost: {exc.detail}")
+            return None
+        log.debug("keepalive of %s failed, retrying: %s", self.id, exc)
+        # Sooner than after a success: the daemon may be restarting, and the lease runs on.
+        return self.request.ttl_s / 6
+
+    def _closed_by(self, event: schema.Event) -> bool:
+        """Whether `event` is this session's end (then taken as the reason it ended)."""
+        if event.type != "session_closed" or event.session != self.id:
+            return False
+        self._ended(event.reason or "closed")
+        return True
+
+    def _stream_refused(self, exc: DebugregError) -> None:
+        # Refused for good (token revoked, session gone): nothing more will come.
+        self._ended(f"event stream refused: {exc.detail}")
+
+    def _closing_now(self) -> bool:
+        """Whether `close()` has anything to do (then it is under way from here on)."""
+        if self.opened is None or self._closing:
+            return False
+        self._closing = True
+        return True
 
     def _ended(self, reason: str) -> None:
         if not self.closed:

@@ -168,6 +168,24 @@ def sessions_table(sessions: Sequence[schema.SessionInfo]) -> Table:
     return table
 
 
+def session_lines(session: schema.Session | schema.SessionInfo) -> list[str]:
+    """A session, one `key: value` line a field: with its token as it opens (the one time the
+    daemon shows it), with its name and allocations when read back."""
+    if isinstance(session, schema.Session):
+        first = [f"session: {session.id}", f"token: {session.token}"]
+        last = []
+    else:
+        first = [f"session: {session.id}", f"name: {session.name}"]
+        last = [f"allocations: {' '.join(session.allocations) or '-'}"]
+    return [
+        *first,
+        f"ttl_s: {session.ttl_s:g}",
+        f"expires_at: {when(session.expires_at)}",
+        f"max_priority: {session.max_priority}",
+        *last,
+    ]
+
+
 def cell_text(cell: dict[str, Any] | None) -> str:
     """Who holds one register: '-', 'a4', 'a4(reservation)', 'outside'."""
     if not cell:

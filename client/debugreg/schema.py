@@ -17,7 +17,10 @@ from pydantic import (
     WithJsonSchema,
 )
 
-ADDRESS_MAX = (1 << 64) - 1
+from debugreg.limits import ADDRESS_LIMIT, CPU_MAX, LENGTH_MAX, TID_LIMIT, TTL_MAX_S
+from debugreg.priorities import PRIORITY_MAX, PRIORITY_MIN, PriorityClass
+
+ADDRESS_MAX = ADDRESS_LIMIT - 1
 # JSON numbers are exact only up to 2**53 - 1 (I-JSON): larger addresses, kernel space among
 # them, travel as "0x..." strings, so that every reader of a document agrees on the value.
 ADDRESS_INT_MAX = (1 << 53) - 1
@@ -25,7 +28,6 @@ ADDRESS_INT_MAX = (1 << 53) - 1
 # string this matches is an address (at most 0xffffffffffffffff), and the daemon reads exactly
 # the strings it matches, as a JSON Schema validator does (`re.search`).
 ADDRESS_PATTERN = r"^(0[xX](_?[0-9a-fA-F]){1,16}|[0-9](_?[0-9]){0,18})$"
-PRIORITY_CLASSES = ("background", "normal", "ptrace", "critical")
 
 
 def _parse_address(value: Any) -> int:
@@ -84,16 +86,14 @@ Address = Annotated[
     WithJsonSchema({"type": "string", "examples": ["0x7ffd1000"]}, mode="serialization"),
 ]
 
-CPU_MAX = 65535
-TID_MAX = (1 << 31) - 1
+TID_MAX = TID_LIMIT - 1
 Cpu = Annotated[int, Field(ge=0, le=CPU_MAX, description="a CPU number"), Whole]
 Tid = Annotated[int, Field(ge=1, le=TID_MAX, description="a thread id"), Whole]
 PriorityValue = Annotated[
-    Annotated[int, Field(ge=0, le=1000), Whole]
-    | Literal["background", "normal", "ptrace", "critical"],
-    Field(description="a class name or an integer 0-1000"),
+    Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX), Whole] | PriorityClass,
+    Field(description=f"a class name or an integer {PRIORITY_MIN}-{PRIORITY_MAX}"),
 ]
-Length = Annotated[int, Field(ge=1, le=1 << 20, description="bytes to watch"), Whole]
+Length = Annotated[int, Field(ge=1, le=LENGTH_MAX, description="bytes to watch"), Whole]
 Dr7 = Annotated[int, Field(ge=0, le=(1 << 32) - 1, description="DR7 as ptrace writes it"), Whole]
 Registers = Annotated[int, Field(ge=1, le=16, description="registers it takes"), Whole]
 Access = Literal["exec", "write", "rw"]
@@ -164,10 +164,6 @@ class AllocationRequest(Strict):
         ),
     )
 
-    @classmethod
-    def build(cls, **fields: Any) -> AllocationRequest:
-        return cls.model_validate(fields)
-
 
 class Register(BaseModel):
     cpu: int
@@ -230,7 +226,7 @@ class SessionRequest(Strict):
 
     name: str = Field(min_length=1, max_length=200)
     ttl_s: float = Field(
-        default=30, ge=1, le=86_400, description="seconds the lease lasts unless kept alive"
+        default=30, ge=1, le=TTL_MAX_S, description="seconds the lease lasts unless kept alive"
     )
     max_priority: PriorityValue | None = None
     allow_non_evictable: bool | None = None

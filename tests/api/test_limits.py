@@ -45,7 +45,7 @@ def test_a_session_past_its_live_allocations_gets_a_429_that_says_to_release(
         refused = session.allocate(task_request())
         body = limited(refused, "allocations", 3)
         assert isinstance(
-            from_reply(refused.status_code, refused.headers, refused.content), LimitReached
+            from_reply(refused.status_code, refused.content), LimitReached
         )
         assert "release" in str(body["detail"])
         assert "Retry-After" not in session.allocate(task_request()).headers

@@ -155,6 +155,16 @@ def test_invalid_requests_and_bad_credentials_raise_typed_errors(
         assert admin.state().host.cpus == 2
 
 
+def test_a_session_takes_grants_and_handlers_and_no_other_keyword() -> None:
+    with Client("http://127.0.0.1:9") as client:  # nothing is sent before the session opens
+        session = client.session("s", max_priority="ptrace", on_evicted=print, on_hit=None)
+        assert session.request.max_priority == "ptrace"
+        with pytest.raises(TypeError, match="'on_evict'"):
+            client.session("s", on_evict=print)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'on_evicted'"):
+            client.open_session("s", on_evicted=print)  # type: ignore[call-arg]
+
+
 def test_keepalive_keeps_a_session_alive_past_several_ttls(shared_daemon: Daemon) -> None:
     with Client(shared_daemon.url) as client, client.session("kept", ttl_s=1) as session:
         wait_until(lambda: session.keepalives >= 10, "ten keepalives went through")

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from debugreg import api
-from debugreg.events import Backoff, Dispatcher, Feed
+from debugreg.events import Backoff, Dispatcher, Feed, Handlers, handler_map, take_handlers
+from debugreg.handles import AllocationHandle, SessionHandle
 from debugreg.schema import Allocation, Event
 from tests.client.conftest import Recorder
 
@@ -213,3 +214,15 @@ def test_a_hit_event_gives_its_call_sites() -> None:
     (event,) = step.events
     assert event.hit is not None and [s.symbol for s in event.hit.sites] == ["writer_a+0x11"]
     assert Feed(since=0).receive(*sse(1, "installed", record("a1"))).events[0].hit is None
+
+
+def test_every_handler_keyword_is_also_a_decorator_of_allocations_and_sessions() -> None:
+    keywords = set(Handlers.__annotations__)
+    for handle in (AllocationHandle, SessionHandle):
+        assert {name for name in dir(handle) if name.startswith("on_")} == keywords
+
+
+def test_allocate_takes_its_handlers_out_of_the_request_fields() -> None:
+    fields: dict[str, Any] = {"on_evict": "wait", "on_evicted": print, "on_hit": None}
+    assert handler_map(take_handlers(fields)) == {"evicted": print}
+    assert fields == {"on_evict": "wait"}  # the request's own field, not a handler

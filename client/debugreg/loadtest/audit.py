@@ -27,6 +27,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from debugreg.priorities import Priority
+
 LIVE_STATES = frozenset({"installed", "waiting"})
 MAX_DETAILS = 20  # differences listed per violation before the rest are only counted
 
@@ -296,7 +298,7 @@ def check_refusals(refusals: Iterable[Refusal]) -> list[Violation]:
     """A refusal must name what blocked it, and only holders the request may not evict."""
     out: list[Violation] = []
     for refusal in refusals:
-        cls = "ptrace-class " if refusal.priority >= 700 else ""
+        cls = "ptrace-class " if refusal.priority >= Priority.PTRACE else ""
         if not refusal.blockers:
             out.append(
                 Violation(

@@ -20,16 +20,12 @@ from debugreg.loadtest.api import Api, Reply, Stream
 from debugreg.loadtest.audit import Notice
 from debugreg.loadtest.stats import Outcome
 from debugreg.loadtest.transport import TransportError
+from debugreg.priorities import priority_value
 
-PRIORITIES = {"background": 100, "normal": 300, "ptrace": 700, "critical": 900}
 DATA_POOLS = {"x86_64": "dr", "arm64": "wrp", "ppc64": "dawr"}
 SUBSCRIBE_TIMEOUT_S = 15.0
 CLOSE_TIMEOUT_S = 15.0
 ADDRESS_BASE = 0x1000_0000  # user space on every profile, far below x86's TASK_SIZE_MAX
-
-
-def priority_value(value: int | str) -> int:
-    return PRIORITIES[value] if isinstance(value, str) else int(value)
 
 
 @dataclass(frozen=True, slots=True)

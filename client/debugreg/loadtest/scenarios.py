@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from debugreg.loadtest.clients import Client, Context, priority_value
+from debugreg.loadtest.clients import Client, Context
 from debugreg.loadtest.stats import Outcome
+from debugreg.priorities import Priority
 
 MAX_WAIT_S = 2.0  # a waiting request is withdrawn after this long, so waiters keep moving
 
@@ -278,7 +279,7 @@ class RawWriter(Client):
             f"/v1/tasks/{self.tid}/debugregs",
             self.token,
             body=body,
-            priority=priority_value("ptrace"),
+            priority=Priority.PTRACE,
         )
         if not reply.ok:
             self.slots = {}  # all or nothing: the previous registers are unchanged, forget them
