@@ -392,6 +392,15 @@ class Runtime:
         if self._batch:
             await self._commit_soon()
 
+    def uncommitted(self) -> asyncio.Future[None] | None:
+        """The commit of everything staged so far, or None when nothing is waiting for one.
+
+        Once the journal has failed, a future that fails: the arbiter may hold changes that were
+        never journaled, so nothing read from it may be answered (`api/commit.py`)."""
+        if self._batch or self.failed is not None:
+            return self._commit_soon()
+        return None
+
     def _commit_soon(self) -> asyncio.Future[None]:
         loop = self._loop
         if loop is None:  # asyncio.get_running_loop() makes a getpid system call each time

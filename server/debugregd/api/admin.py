@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Request
 
 from debugreg import schema
 from debugregd import __version__, wire
+from debugregd.api.commit import change
 from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
 from debugregd.api.document import problems
 from debugregd.api.responses import Json
@@ -114,14 +115,15 @@ async def put_debugregs(tid: ThreadId, body: schema.DebugRegs, request: Request)
     d = daemon_of(request)
     who = session_of(request)
     _ptrace(who)
-    await d.rt.run(
+    change(
+        request,
         {
             "op": "set_debugregs",
             "session": who.session_id,
             "tid": tid,
             "addresses": [body.dr0, body.dr1, body.dr2, body.dr3],
             "dr7": body.dr7,
-        }
+        },
     )
     return _raw(d, tid, who)
 
@@ -145,7 +147,6 @@ async def state(request: Request) -> Json:
         "cpus": [arb.cpu_view(c) for c in range(arb.ncpus)],
         "outside": arb.outside_records(),
     }
-    await d.rt.barrier()  # answer only with committed state
     return Json(body)
 
 
@@ -173,7 +174,8 @@ async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]
     admin_of(request)
     if d.rt.backend.name != "sim":
         raise InvalidRequest("simulated accesses exist only with --backend sim")
-    hits = await d.rt.run(
+    hits = change(
+        request,
         {
             "op": "access",
             "cpu": body.cpu,
@@ -182,7 +184,7 @@ async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]
             "length": body.length,
             "access": body.access,
             "ip": body.ip,
-        }
+        },
     )
     return {"hits": hits}
 
@@ -196,7 +198,6 @@ async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]
 async def outside(request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     admin_of(request)
-    await d.rt.barrier()  # answer only with committed state
     return {"outside": d.arbiter.outside_records()}
 
 
@@ -210,7 +211,6 @@ async def measure_outside(request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     admin_of(request)
     d.rt.remeasure(scan=True)
-    await d.rt.barrier()
     return {"outside": d.arbiter.outside_records()}
 
 
@@ -294,4 +294,3 @@ async def sim_task_exits(tid: ThreadId, request: Request) -> None:
     admin_of(request)
     _sim(d).exit_task(tid)
     d.rt.task_exited(tid)
-    await d.rt.barrier()

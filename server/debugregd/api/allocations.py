@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -10,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from debugreg import schema
 from debugregd import wire
 from debugregd.api import idempotency, inputs
-from debugregd.api.commit import after_commit
+from debugregd.api.commit import change
 from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_of
 from debugregd.api.document import problems
 from debugregd.api.responses import Json
@@ -64,12 +63,11 @@ async def allocate(request: Request) -> Json:
         )
     command = {"op": "allocate", "session": who.session_id, "request": core_request(body)}
 
-    def produce() -> tuple[int, dict[str, Any], asyncio.Future[None]]:
-        alloc, committed = d.rt.apply(command)
-        return 201, changed(d, alloc, who), committed
+    def produce() -> tuple[int, dict[str, Any]]:
+        return 201, changed(d, change(request, command), who)
 
     path = "/v1/allocations"
-    return await idempotency.respond(request, who, path, idempotency_key, body, produce)
+    return idempotency.respond(request, who, path, idempotency_key, body, produce)
 
 
 @router.get(
@@ -118,9 +116,7 @@ async def list_allocations(
         out.append(render(alloc, who))
         if len(out) >= limit:
             break
-    event_id = arb.event_id
-    await d.rt.barrier()  # answer only with committed state
-    return Json({"allocations": out, "event_id": event_id})
+    return Json({"allocations": out, "event_id": arb.event_id})
 
 
 def _visible(alloc: Allocation, who: Caller) -> None:
@@ -155,11 +151,8 @@ async def release(request: Request) -> Json:
     alloc = d.arbiter.allocation(allocation_id)
     _visible(alloc, who)
     if alloc.state is not None and alloc.state.value in ("installed", "waiting"):
-        alloc, committed = d.rt.apply(
-            {"op": "release", "allocation": allocation_id, "session": who.session_id}
-        )
-        after_commit(request, committed)
-        return Json(changed(d, alloc, who))
+        command = {"op": "release", "allocation": allocation_id, "session": who.session_id}
+        return Json(changed(d, change(request, command), who))
     return Json(render(alloc, who))
 
 
@@ -172,7 +165,7 @@ async def release(request: Request) -> Json:
 async def evict(allocation_id: str, body: schema.EvictRequest, request: Request) -> Json:
     d = daemon_of(request)
     who = admin_of(request)
-    alloc = await d.rt.run({"op": "evict", "allocation": allocation_id, "reason": body.reason})
+    alloc = change(request, {"op": "evict", "allocation": allocation_id, "reason": body.reason})
     return Json(changed(d, alloc, who))
 
 
@@ -183,16 +176,16 @@ async def evict(allocation_id: str, body: schema.EvictRequest, request: Request)
     summary="Evict every installed allocation matching cpu, tid and below_priority (admin)",
 )
 async def evict_matching(body: schema.BulkEvictRequest, request: Request) -> dict[str, Any]:
-    d = daemon_of(request)
     admin_of(request)
     below = None if body.below_priority is None else parse_priority(body.below_priority)
-    evicted = await d.rt.run(
+    evicted = change(
+        request,
         {
             "op": "evict_matching",
             "reason": body.reason,
             "cpu": body.cpu,
             "tid": body.tid,
             "below_priority": below,
-        }
+        },
     )
     return {"evicted": evicted}

@@ -62,8 +62,8 @@ class Daemon:
 
 class DaemonApp(FastAPI):
     """The daemon's FastAPI app. Routes find the daemon as a plain attribute (cheaper on every
-    request than Starlette's `app.state`, a `__getattr__` in Python), and a response waits for
-    its change's commit here, at the edge (`commit.answer_after_commit`)."""
+    request than Starlette's `app.state`, a `__getattr__` in Python), and a response waits here,
+    at the edge, until what it may show is committed (`commit.answer_after_commit`)."""
 
     daemon: Daemon
 
@@ -79,7 +79,7 @@ class DaemonApp(FastAPI):
             if runtime is not None and runtime.failed is not None:
                 await journal_failed()(scope, receive, send)
                 return
-            await commit.answer_after_commit(super().__call__, scope, receive, send)
+            await commit.answer_after_commit(super().__call__, scope, receive, send, runtime)
         else:
             await super().__call__(scope, receive, send)
 

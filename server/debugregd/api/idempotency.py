@@ -9,7 +9,6 @@ answer is rebuilt from it (`replayed`), so a session token never has to be store
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Callable
@@ -19,22 +18,18 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from debugregd import wire
-from debugregd.api.commit import after_commit
 from debugregd.api.context import Caller, daemon_of
 from debugregd.api.errors import Problem
 from debugregd.api.responses import Json
 
-Produce = Callable[[], tuple[int, dict[str, Any], asyncio.Future[None]]]
-# The answer to a retry, from the stored first answer, and the commit of what rebuilding it changed.
-Replay = Callable[[dict[str, Any]], tuple[dict[str, Any], asyncio.Future[None] | None]]
+# The first answer (its status and body), from a change made with `commit.change`.
+Produce = Callable[[], tuple[int, dict[str, Any]]]
+# What the journal keeps of an answer; a retry's answer, rebuilt from that.
+Convert = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _same(answer: dict[str, Any]) -> dict[str, Any]:
     return answer
-
-
-def _as_stored(answer: dict[str, Any]) -> tuple[dict[str, Any], None]:
-    return answer, None
 
 
 def fingerprint(body: BaseModel) -> str:
@@ -47,7 +42,7 @@ def _scope(who: Caller, path: str, key: str) -> str | None:
     return None if identity is None else f"{identity}:{path}:{key}"
 
 
-async def respond(
+def respond(
     request: Request,
     who: Caller,
     path: str,
@@ -55,11 +50,12 @@ async def respond(
     body: BaseModel,
     produce: Produce,
     *,
-    at_rest: Callable[[dict[str, Any]], dict[str, Any]] = _same,
-    replayed: Replay = _as_stored,
+    at_rest: Convert = _same,
+    replayed: Convert = _same,
 ) -> Json:
     """Run `produce` once per key and caller; `at_rest(answer)` is journaled with the change
-    itself, and the answer sent once that is committed. A retry gets `replayed(stored)`.
+    itself, and the answer sent once that is committed. A retry gets `replayed(stored)`, once
+    the first request's change is committed (`commit`: a response shows only committed state).
 
     A key reused with a different `body` is a 409 (it conflicts with the request the key
     already stands for), so a key can never hand one request's answer to a different request.
@@ -70,8 +66,7 @@ async def respond(
         )
     scoped = None if key is None else _scope(who, path, key)
     if scoped is None:
-        status, answer, committed = produce()
-        after_commit(request, committed)
+        status, answer = produce()
         return Json(answer, status_code=status)
     print_ = fingerprint(body)
     rt = daemon_of(request).rt
@@ -86,13 +81,9 @@ async def respond(
                 "this Idempotency-Key was already used with a different request body; use a new "
                 "key for a new request",
             )
-        await rt.barrier()  # the first request's change may still be committing
-        answer, reissued = replayed(first["response"])
-        if reissued is not None:
-            after_commit(request, reissued)
+        answer = replayed(first["response"])
         return Json(answer, status_code=stored[0], headers={"Idempotent-Replayed": "true"})
-    status, answer, committed = produce()
+    status, answer = produce()
     record = {"fingerprint": print_, "response": at_rest(answer)}
     rt.remember(scoped, status, wire.dumps(record))
-    after_commit(request, committed)
     return Json(answer, status_code=status)

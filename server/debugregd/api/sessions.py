@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from typing import Annotated, Any
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Header, Request, Response
 
 from debugreg import schema
 from debugregd.api import idempotency, inputs
+from debugregd.api.commit import change
 from debugregd.api.context import Caller, Daemon, caller_of, daemon_of, session_of
 from debugregd.api.document import problems
 from debugregd.api.errors import Problem
@@ -70,8 +70,9 @@ async def open_session(
             "the admin key can give; send 'Authorization: Bearer <admin key>'"
         )
 
-    def produce() -> tuple[int, dict[str, Any], asyncio.Future[None]]:
-        session, committed = d.rt.apply(
+    def produce() -> tuple[int, dict[str, Any]]:
+        session = change(
+            request,
             {
                 "op": "open_session",
                 "name": body.name,
@@ -79,7 +80,7 @@ async def open_session(
                 "max_priority": top,
                 "allow_non_evictable": bool(body.allow_non_evictable),
                 "allow_kernel": bool(body.allow_kernel),
-            }
+            },
         )
         token = issue_token(d, session.id)
         out = {
@@ -92,9 +93,9 @@ async def open_session(
             "allow_non_evictable": session.allow_non_evictable,
             "allow_kernel": session.allow_kernel,
         }
-        return 201, out, committed
+        return 201, out
 
-    def reissue(first: dict[str, Any]) -> tuple[dict[str, Any], asyncio.Future[None]]:
+    def reissue(first: dict[str, Any]) -> dict[str, Any]:
         # The journal holds no token to send again, and the first answer may never have
         # arrived: a retry gets the same session with a new token, which revokes the first.
         session_id = first["id"]
@@ -106,10 +107,10 @@ async def open_session(
                 f"the session this Idempotency-Key opened ({session_id}) was closed or expired; "
                 "open a new session with a new key",
             )
-        _, committed = d.rt.apply({"op": "issue_token", "session": session_id})
-        return {**first, "token": issue_token(d, session_id)}, committed
+        change(request, {"op": "issue_token", "session": session_id})
+        return {**first, "token": issue_token(d, session_id)}
 
-    return await idempotency.respond(
+    return idempotency.respond(
         request,
         who,
         "/v1/sessions",
@@ -156,10 +157,9 @@ async def get_session(session_id: str, request: Request) -> dict[str, Any]:
     summary="Renew the lease for another TTL",
 )
 async def keepalive(session_id: str, request: Request) -> dict[str, float]:
-    d = daemon_of(request)
     who = session_of(request)
     owned(who, session_id)
-    session = await d.rt.run({"op": "keepalive", "session": session_id})
+    session = change(request, {"op": "keepalive", "session": session_id})
     return {"expires_at": session.expires_at}
 
 
@@ -175,5 +175,5 @@ async def close_session(session_id: str, request: Request) -> Response:
     owned(who, session_id)
     if session_id not in d.arbiter.sessions:
         raise NotFound(f"no open session {session_id!r}; it was closed or expired")
-    await d.rt.run({"op": "close_session", "session": session_id})
+    change(request, {"op": "close_session", "session": session_id})
     return Response(status_code=204)
