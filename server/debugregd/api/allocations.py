@@ -86,9 +86,9 @@ async def list_allocations(
 ) -> Json:
     d, who = daemon_of(request), session_of(request)
     arb = d.arbiter
+    if session is not None and not who.owns(session):
+        raise Forbidden("a session token lists only its own allocations")
     if not who.admin:
-        if session is not None and session != who.session_id:
-            raise Forbidden("a session token lists only its own allocations")
         session = who.session_id
     if session is not None:
         s = arb.sessions.get(session)
@@ -120,7 +120,7 @@ async def list_allocations(
 
 
 def _visible(alloc: Allocation, who: Caller) -> None:
-    if not who.admin and alloc.session != who.session_id:
+    if not who.owns(alloc.session):
         raise Forbidden(f"allocation {alloc.id} belongs to another session")
 
 
@@ -149,10 +149,11 @@ async def release(request: Request) -> Json:
     allocation_id: str = request.path_params["allocation_id"]
     d, who = daemon_of(request), session_of(request)
     alloc = d.arbiter.allocation(allocation_id)
-    _visible(alloc, who)
     if alloc.state is not None and alloc.state.value in ("installed", "waiting"):
+        # The core decides whether the caller may release it (its owner, or the admin).
         command = {"op": "release", "allocation": allocation_id, "session": who.session_id}
         return Json(changed(d, change(request, command), who))
+    _visible(alloc, who)  # released already: nothing to do, and the answer is a read
     return Json(render(alloc, who))
 
 

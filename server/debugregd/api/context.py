@@ -93,6 +93,11 @@ class Caller(NamedTuple):
     def sees_kernel(self) -> bool:
         return self.admin or (self.session is not None and self.session.allow_kernel)
 
+    def owns(self, session_id: str | None) -> bool:
+        """Whether the caller may see what session `session_id` holds: its own, or the admin
+        everything. (What a session may change, the core decides.)"""
+        return self.admin or (session_id is not None and session_id == self.session_id)
+
     @property
     def session_id(self) -> str | None:
         return None if self.session is None else self.session.id

@@ -21,7 +21,6 @@ from debugregd.api import inputs
 from debugregd.api.context import Daemon, admin_of, daemon_of, session_of
 from debugregd.api.document import problems
 from debugregd.api.sessions import owned
-from debugregd.core import NotFound
 from debugregd.core.errors import LimitReached
 from debugregd.hub import EventHub, Subscriber
 from debugregd.store.journal import StoredEvent
@@ -187,9 +186,7 @@ async def session_events(
 ) -> EventSourceResponse:
     who, d = session_of(request), daemon_of(request)
     owned(who, session_id)
-    if session_id not in d.arbiter.sessions:
-        # A closed session's stream would stay open with nothing ever to say.
-        raise NotFound(f"no open session {session_id!r}; it was closed or expired")
+    d.arbiter.session(session_id)  # NotFound: a closed session's stream would have nothing to say
     resume = resume_from(since, last_event_id)
     limit = d.settings.max_streams_per_session
     if not who.admin and limit and d.rt.hub.streams_held(session_id) >= limit:
