@@ -204,10 +204,9 @@ async def outside(request: Request) -> dict[str, Any]:
     summary="Measure now every CPU and every target with outside holders (admin)",
 )
 async def measure_outside(request: Request) -> dict[str, Any]:
-    d = daemon_of(request)
     admin_of(request)
-    d.rt.remeasure(scan=True)
-    return {"outside": d.arbiter.outside_records()}
+    daemon_of(request).rt.remeasure(scan=True)
+    return await outside(request)  # what GET /v1/outside answers now
 
 
 def _sim(d: Daemon) -> SimBackend:

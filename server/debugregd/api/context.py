@@ -15,7 +15,7 @@ from debugregd.api import commit, inputs
 from debugregd.api.errors import CALLER, Problem, journal_failed, unauthorized
 from debugregd.api.hosts import ANY_NAME, HostAllowlist, host_header
 from debugregd.config import Settings
-from debugregd.core import Arbiter, Session
+from debugregd.core import Arbiter, Forbidden, Session
 from debugregd.runtime import Runtime
 
 COOKIE = "debugregd_admin"
@@ -155,4 +155,12 @@ def session_of(request: Request) -> Caller:
     who = caller_of(request)
     if who.session is None and not who.admin:
         raise unauthorized("this needs a session token: open one with POST /v1/sessions")
+    return who
+
+
+def owner_of(request: Request, session_id: str) -> Caller:
+    """The caller, who must be session `session_id` itself or the admin."""
+    who = session_of(request)
+    if not who.owns(session_id):
+        raise Forbidden(f"this token belongs to session {who.session_id}, not {session_id}")
     return who

@@ -18,30 +18,22 @@ from starlette.routing import Match, Route
 
 from debugregd import wire
 from debugregd.api.responses import Json
-from debugregd.core import (
-    CoreError,
-    Forbidden,
-    InvalidRequest,
-    InvalidTransition,
-    NotFound,
-    Refused,
-)
-from debugregd.core.errors import KernelRefused, LimitReached, Unavailable
+from debugregd.core import errors as core
 from debugregd.runtime import JournalFailed
 
 log = logging.getLogger("debugregd.api")
 
 PROBLEM = "application/problem+json"
 CALLER = "debugregd.caller"  # the scope key where `context.caller_of` notes who asked
-STATUS: dict[type[CoreError], int] = {
-    InvalidRequest: 422,
-    NotFound: 404,
-    Forbidden: 403,
-    InvalidTransition: 409,
-    Refused: 409,
-    KernelRefused: 409,  # the runtime records and retries these; one that escapes is a refusal
-    LimitReached: 429,
-    Unavailable: 503,
+STATUS: dict[type[core.CoreError], int] = {
+    core.InvalidRequest: 422,
+    core.NotFound: 404,
+    core.Forbidden: 403,
+    core.InvalidTransition: 409,
+    core.Refused: 409,
+    core.KernelRefused: 409,  # the runtime records and retries these; one that escapes is a refusal
+    core.LimitReached: 429,
+    core.Unavailable: 503,
 }
 
 
@@ -114,13 +106,13 @@ def _reader(request: Request) -> str | None:
 
 
 async def _core(request: Request, exc: Exception) -> Json:
-    assert isinstance(exc, CoreError)
+    assert isinstance(exc, core.CoreError)
     status = STATUS.get(type(exc), 422)
     extra = exc.extra
-    if isinstance(exc, Refused):
+    if isinstance(exc, core.Refused):
         extra = {**extra, "blockers": wire.blockers_for(exc.blockers, _reader(request))}
     headers = {"Retry-After": "1"} if status == 503 else None
-    if isinstance(exc, LimitReached) and exc.limit == "streams":
+    if isinstance(exc, core.LimitReached) and exc.limit == "streams":
         # A stream whose client vanished without closing is noticed at its next heartbeat.
         heartbeat = request.scope["app"].daemon.settings.heartbeat_s
         headers = {"Retry-After": str(max(1, math.ceil(heartbeat)))}
@@ -195,7 +187,7 @@ async def _unexpected(request: Request, exc: Exception) -> Json:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(CoreError, _core)
+    app.add_exception_handler(core.CoreError, _core)
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)

@@ -18,9 +18,8 @@ from starlette.types import Receive, Scope, Send
 
 from debugregd import wire
 from debugregd.api import inputs
-from debugregd.api.context import Daemon, admin_of, daemon_of, session_of
+from debugregd.api.context import Daemon, admin_of, daemon_of, owner_of
 from debugregd.api.document import problems
-from debugregd.api.sessions import owned
 from debugregd.core.errors import LimitReached
 from debugregd.hub import EventHub, Subscriber
 from debugregd.store.journal import StoredEvent
@@ -184,8 +183,7 @@ async def session_events(
     since: Annotated[int | None, SINCE] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    who, d = session_of(request), daemon_of(request)
-    owned(who, session_id)
+    who, d = owner_of(request, session_id), daemon_of(request)
     d.arbiter.session(session_id)  # NotFound: a closed session's stream would have nothing to say
     resume = resume_from(since, last_event_id)
     limit = d.settings.max_streams_per_session

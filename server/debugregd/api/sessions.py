@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request, Response
 from debugreg import schema
 from debugregd.api import idempotency, inputs
 from debugregd.api.commit import change
-from debugregd.api.context import Caller, Daemon, caller_of, daemon_of, session_of
+from debugregd.api.context import Daemon, caller_of, daemon_of, owner_of, session_of
 from debugregd.api.document import problems
 from debugregd.api.errors import Problem
 from debugregd.api.responses import Json
@@ -37,12 +37,6 @@ def issue_token(d: Daemon, session_id: str) -> str:
 def without_token(answer: dict[str, Any]) -> dict[str, Any]:
     """What the journal keeps of a session-open answer: everything but the secret."""
     return {k: v for k, v in answer.items() if k != "token"}
-
-
-def owned(who: Caller, session_id: str) -> None:
-    """Only the session itself (or the admin) may see or act on it."""
-    if not who.owns(session_id):
-        raise Forbidden(f"this token belongs to session {who.session_id}, not {session_id}")
 
 
 @router.post(
@@ -144,10 +138,8 @@ async def list_sessions(request: Request) -> list[dict[str, Any]]:
     summary="One session (itself, or the admin)",
 )
 async def get_session(session_id: str, request: Request) -> dict[str, Any]:
-    d = daemon_of(request)
-    who = session_of(request)
-    owned(who, session_id)
-    return d.arbiter.session(session_id).to_dict()
+    owner_of(request, session_id)
+    return daemon_of(request).arbiter.session(session_id).to_dict()
 
 
 @router.post(
@@ -157,8 +149,7 @@ async def get_session(session_id: str, request: Request) -> dict[str, Any]:
     summary="Renew the lease for another TTL",
 )
 async def keepalive(session_id: str, request: Request) -> dict[str, float]:
-    who = session_of(request)
-    owned(who, session_id)
+    owner_of(request, session_id)
     session = change(request, {"op": "keepalive", "session": session_id})
     return {"expires_at": session.expires_at}
 
@@ -170,6 +161,6 @@ async def keepalive(session_id: str, request: Request) -> dict[str, float]:
     summary="Close the session and release everything it held",
 )
 async def close_session(session_id: str, request: Request) -> Response:
-    owned(session_of(request), session_id)
+    owner_of(request, session_id)
     change(request, {"op": "close_session", "session": session_id})
     return Response(status_code=204)
