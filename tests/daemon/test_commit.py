@@ -254,11 +254,20 @@ async def test_a_stream_of_an_uncommitted_session_answers_503_when_its_commit_fa
     assert_journal_failed(status, problem, sent)
 
 
-async def test_a_read_with_nothing_staged_is_answered_at_once(app: DaemonApp) -> None:
+async def test_a_read_with_nothing_staged_is_answered_without_waiting(app: DaemonApp) -> None:
     await call(app, "POST", "/v1/sessions", b'{"name":"s","ttl_s":60}')
     assert runtime(app).uncommitted() is None
-    status, _, _ = await call(app, "GET", "/v1/sessions", token=ADMIN)
+    turned: list[bool] = []
+    started_in: list[list[bool]] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)  # runs once the loop turns
+
+    def check(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started_in.append(list(turned))
+
+    status, _, _ = await call(app, "GET", "/v1/sessions", token=ADMIN, on_send=check)
     assert status == 200
+    assert started_in == [[]]  # answered before the loop turned: it waited for nothing
 
 
 # -- every route that changes state is on the commit path
