@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from debugreg.limits import MAX_BLOCKERS, TID_LIMIT, TTL_MAX_S
 from debugregd.core import dr7 as dr7_abi
 from debugregd.core import eviction, registers
 from debugregd.core.admission import PoolBudget
@@ -85,7 +86,6 @@ ON_QUEUE = Trigger.QUEUE
 ON_REINSTALL = Trigger.REINSTALL
 ON_RELEASE = Trigger.RELEASE
 ON_REJECT = Trigger.REJECT
-MAX_BLOCKERS = 16
 HIT_ACCESSES = ("exec", "read", "write")
 REJECTION_ERRORS: dict[str, type[CoreError]] = {
     NO_TASK: NotFound,
@@ -190,7 +190,7 @@ class Arbiter:
         allow_kernel: bool = False,
     ) -> tuple[Session, list[Event]]:
         """Open a lease of `ttl_s` seconds; everything allocated under it dies with it."""
-        if not 0 < ttl_s <= 86_400:
+        if not 0 < ttl_s <= TTL_MAX_S:
             raise InvalidRequest(f"ttl_s must be more than 0 and at most 86400, got {ttl_s}")
         top = parse_priority(max_priority)
         self._next_session += 1
@@ -1090,7 +1090,7 @@ class Arbiter:
     ) -> tuple[str, Space, tuple[Chunk, ...], tuple[int, ...]]:
         scope = request.scope
         tid = scope.tid
-        if tid is not None and not 0 < tid < 1 << 31:
+        if tid is not None and not 0 < tid < TID_LIMIT:
             self._check_tid(tid)
         if scope.cpus is not None:
             if not scope.cpus:
@@ -1138,7 +1138,7 @@ class Arbiter:
             raise NotFound(f"CPU {cpu} does not exist; this host has CPUs 0-{self.ncpus - 1}")
 
     def _check_tid(self, tid: int) -> None:
-        if not 0 < tid < 1 << 31:
+        if not 0 < tid < TID_LIMIT:
             raise InvalidRequest(f"tid must be a positive 32-bit thread id, got {tid}")
 
     def _cpus_of(self, scope: Scope) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from debugreg.limits import MAX_BLOCKERS
 from debugregd.core.admission import PoolBudget
 from debugregd.core.model import Watchpoint
 
@@ -252,7 +253,7 @@ def _plan_one_cpu(
         blockers = [wp for wp in cpu_wps if not may_evict(wp, priority)]
         for tid in budget.tasks_above(cpu, 0):
             blockers.extend(wp for wp in budget.task_wps[tid][cpu] if not may_evict(wp, priority))
-            if len(blockers) >= 16:
+            if len(blockers) >= MAX_BLOCKERS:
                 break
         return Plan(False, blockers=blockers)
     return Plan(True, victims=best)
