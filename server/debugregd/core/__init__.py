@@ -4,6 +4,7 @@ Nothing here does I/O, reads a clock, or knows about HTTP: the daemon, the tests
 drive the same `Arbiter`.
 """
 
+from debugreg.priorities import Priority
 from debugregd.core.arbiter import Arbiter, RawTask
 from debugregd.core.errors import (
     CoreError,
@@ -17,7 +18,6 @@ from debugregd.core.model import (
     Allocation,
     Event,
     OnEvict,
-    Priority,
     Request,
     Scope,
     ScopeKind,

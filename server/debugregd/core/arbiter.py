@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from debugreg.limits import MAX_BLOCKERS, TID_LIMIT, TTL_MAX_S
+from debugreg.priorities import OUTSIDE_PRIORITY, Priority
 from debugregd.core import dr7 as dr7_abi
 from debugregd.core import eviction, registers
 from debugregd.core.admission import PoolBudget
@@ -41,13 +42,11 @@ from debugregd.core.kernel import (
     Unarmed,
 )
 from debugregd.core.model import (
-    OUTSIDE_PRIORITY,
     Allocation,
     Event,
     OnEvict,
     OutsideHolder,
     OutsideTarget,
-    Priority,
     Request,
     Scope,
     ScopeKind,
@@ -777,10 +776,10 @@ class Arbiter:
         slots = budget.slots
         out: list[tuple[OutsideTarget, int, int]] = []
         held = {
-            c: budget.cpu_held[c] - self._outside_of(budget.name, ("cpu", c))[1]
+            c: budget.cpu_count(c) - self._outside_of(budget.name, ("cpu", c))[1]
             for c in measured.cpus
         }
-        cpu_held = list(budget.cpu_held)
+        cpu_held = [budget.cpu_count(c) for c in self.all_cpus]
         for c, n in sorted(measured.cpus.items()):
             counted = max(0, min(n, slots - held[c] - budget.max_task(c)))
             out.append((("cpu", c), n, counted))
@@ -880,7 +879,7 @@ class Arbiter:
         pools: dict[str, Any] = {}
         for key, budget in self.budgets.items():
             cpu_regs: list[dict[str, Any] | None] = [None] * budget.slots
-            for wp in budget.cpu_wps[cpu]:
+            for wp in budget.cpu_holders(cpu):
                 for index in wp.indices.get(cpu, ()):
                     cpu_regs[index] = _cell(wp)
             tasks = {}
@@ -889,14 +888,14 @@ class Arbiter:
                     continue  # tasks outside debugregd: in "outside" below
                 tasks[str(tid)] = [
                     {"index": i, **_cell(wp)}
-                    for wp in budget.task_wps[tid][cpu]
+                    for wp in budget.task_holders(tid, cpu)
                     for i in wp.indices.get(cpu, ())
                 ]
             cpu_wide = self._outside_of(key, ("cpu", cpu))
             others = self._outside_of(key, ("others", cpu))
             pools[key] = {
                 "slots": budget.slots,
-                "cpu_held": budget.cpu_held[cpu],
+                "cpu_held": budget.cpu_count(cpu),
                 "max_task_held": budget.max_task(cpu),
                 "registers": cpu_regs,
                 "tasks": tasks,
@@ -1621,7 +1620,7 @@ class Arbiter:
                 if wp is None:
                     # A task holding nothing here competes only with CPU holders: which task
                     # it is does not matter.
-                    who = tid if tid is None or tid in budget.task_held else "idle task"
+                    who = tid if tid is None or budget.holds(tid) else "idle task"
                     shape = (key, who, cpus, alloc.arm)
                     weight, priority = alloc.weight, alloc.priority
                     seen = refused.get(shape)
