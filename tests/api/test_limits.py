@@ -44,9 +44,7 @@ def test_a_session_past_its_live_allocations_gets_a_429_that_says_to_release(
         held = [session.installed(task_request()) for _ in range(3)]
         refused = session.allocate(task_request())
         body = limited(refused, "allocations", 3)
-        assert isinstance(
-            from_reply(refused.status_code, refused.content), LimitReached
-        )
+        assert isinstance(from_reply(refused.status_code, refused.content), LimitReached)
         assert "release" in str(body["detail"])
         assert "Retry-After" not in session.allocate(task_request()).headers
         session.release(held[0]["id"])

@@ -27,7 +27,7 @@ from debugregd.core.model import (
     priority_class,
 )
 from debugregd.core.profiles import Access, Profile, Space, make_profile
-from debugregd.core.states import EVENT_OF, TRANSITIONS, State, Trigger
+from debugregd.core.states import EVENT_OF, TRANSITIONS, EventType, State, Trigger
 
 __all__ = [
     "EVENT_OF",
@@ -37,6 +37,7 @@ __all__ = [
     "Arbiter",
     "CoreError",
     "Event",
+    "EventType",
     "Forbidden",
     "InvalidRequest",
     "InvalidTransition",
