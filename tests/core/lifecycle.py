@@ -1,9 +1,10 @@
 """Following allocations through the events an operation returns (DESIGN sections 4, 5 and 10).
 
 `Ledger` keeps, for every allocation it has seen, the state and the registers the events last
-announced. Each operation's events must walk the state table (`TRANSITIONS`, `EVENT_OF`) from the
-state before to the state after, one event per transition; ids and generations only grow; and a
-`moved` event must exist exactly when an allocation's registers changed, naming what it had.
+announced. Every event's type is an `EventType`; each operation's events must walk the state table
+(`TRANSITIONS`, `EVENT_OF`) from the state before to the state after, one event per transition;
+ids and generations only grow; and a `moved` event must exist exactly when an allocation's
+registers changed, naming what it had.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from debugregd.core import (
     TRANSITIONS,
     Arbiter,
     Event,
+    EventType,
     OnEvict,
     State,
     Trigger,
@@ -23,6 +25,7 @@ from debugregd.core import (
 from tests.core.oracle import normalise_registers
 
 Registers = list[tuple[int, str, int]]
+TRANSITION_EVENTS = frozenset(EVENT_OF.values())
 
 
 class Ledger:
@@ -46,9 +49,10 @@ class Ledger:
         for n, event in enumerate(events):
             assert event.id > self.last_event_id, f"event id {event.id} after {self.last_event_id}"
             self.last_event_id = event.id
+            assert type(event.type) is EventType, f"event type {event.type!r} is not an EventType"
             record = event.allocation
-            if record is None or event.type == "hit":
-                continue
+            if record is None or event.type not in TRANSITION_EVENTS:
+                continue  # a hit: no transition
             touched.add(record["id"])
             self._step(event, record)
             if event.type == "evicted":
@@ -81,8 +85,13 @@ class Ledger:
         before = self.states.get(aid)
         after = State(record["state"])
         registers = normalise_registers(record["registers"])
+        triggers = [
+            t
+            for t in Trigger
+            if EVENT_OF[t] == event.type and TRANSITIONS.get((before, t)) == after
+        ]
+        assert triggers, f"{aid}: no transition {before} --{event.type}--> {after}"
         if event.type == "moved":
-            assert before is State.INSTALLED and after is State.INSTALLED
             assert event.data is not None
             previous = normalise_registers(event.data["previous"])
             assert previous == self.announced[aid], (
@@ -91,12 +100,6 @@ class Ledger:
             assert registers != previous, f"{aid} 'moved' to the registers it already had"
             self.announced[aid] = registers
             return
-        triggers = [
-            t
-            for t in Trigger
-            if EVENT_OF[t] == event.type and TRANSITIONS.get((before, t)) == after
-        ]
-        assert triggers, f"{aid}: no transition {before} --{event.type}--> {after}"
         if event.type in ("installed", "reinstalled"):
             assert registers, f"{aid} {event.type} without registers"
             generation = record["generation"]

@@ -218,7 +218,7 @@ class DaemonAgainstAFakeKernel(RuleBasedStateMachine):
         assert self.arb.outside == {}
         hs = holders(self.arb)
         for alloc in self.arb.waiting():
-            if alloc.pool in self.arb._recheck:
+            if alloc.pool in self.arb.recheck:
                 continue  # an admin just evicted it: reconsidered at the next operation
             # Room came back: only what debugregd itself holds can keep a waiter waiting.
             assert not fits_after_evicting_lower(self.arb, hs, demand(self.arb, alloc.request()))

@@ -4,6 +4,7 @@ Nothing here does I/O, reads a clock, or knows about HTTP: the daemon, the tests
 drive the same `Arbiter`.
 """
 
+from debugreg.priorities import Priority
 from debugregd.core.arbiter import Arbiter, RawTask
 from debugregd.core.errors import (
     CoreError,
@@ -17,7 +18,6 @@ from debugregd.core.model import (
     Allocation,
     Event,
     OnEvict,
-    Priority,
     Request,
     Scope,
     ScopeKind,
@@ -27,7 +27,7 @@ from debugregd.core.model import (
     priority_class,
 )
 from debugregd.core.profiles import Access, Profile, Space, make_profile
-from debugregd.core.states import EVENT_OF, TRANSITIONS, State, Trigger
+from debugregd.core.states import EVENT_OF, TRANSITIONS, EventType, State, Trigger
 
 __all__ = [
     "EVENT_OF",
@@ -37,6 +37,7 @@ __all__ = [
     "Arbiter",
     "CoreError",
     "Event",
+    "EventType",
     "Forbidden",
     "InvalidRequest",
     "InvalidTransition",

@@ -13,9 +13,15 @@ where the kernel's perf_event_open does.
 The maximum over tasks must not cost a scan of every task, so each CPU keeps a histogram of task
 counts (Linux's `bp_slots_histogram`). Ours keeps the members of each bucket, not only their number,
 because eviction has to name the tasks at the top. A decision costs O(slots x CPUs touched).
+
+The counts are private to `PoolBudget`: eviction, index assignment and the views ask it questions
+(`cpu_count`, `task_count`, `max_task`, `cpu_holders`, `task_holders`, `tasks_above`) and only
+`add` and `remove` change them, so no other module can let them drift apart.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from debugregd.core.model import Watchpoint
 
@@ -25,14 +31,14 @@ class PoolBudget:
     every CPU of the host."""
 
     __slots__ = (
-        "cpu_held",
-        "cpu_wps",
+        "_cpu_held",
+        "_cpu_wps",
+        "_task_held",
+        "_task_wps",
+        "_tasks_at",
         "name",
         "ncpus",
         "slots",
-        "task_held",
-        "task_wps",
-        "tasks_at",
     )
 
     def __init__(self, name: str, slots: int, ncpus: int) -> None:
@@ -40,35 +46,53 @@ class PoolBudget:
         self.slots = slots
         self.ncpus = ncpus
         # Registers held by CPU-scoped watchpoints, per CPU.
-        self.cpu_held = [0] * ncpus
+        self._cpu_held = [0] * ncpus
         # CPU-scoped watchpoints per CPU, in install order (index assignment walks them).
-        self.cpu_wps: list[list[Watchpoint]] = [[] for _ in range(ncpus)]
+        self._cpu_wps: list[list[Watchpoint]] = [[] for _ in range(ncpus)]
         # Registers each task holds on each CPU its watchpoints may run on: tid -> cpu -> count.
-        self.task_held: dict[int, dict[int, int]] = {}
+        self._task_held: dict[int, dict[int, int]] = {}
         # Each task's watchpoints per CPU, in install order.
-        self.task_wps: dict[int, dict[int, list[Watchpoint]]] = {}
+        self._task_wps: dict[int, dict[int, list[Watchpoint]]] = {}
         # The histogram: tasks_at[cpu][k] is the set of tasks holding exactly k registers there.
-        self.tasks_at: list[list[set[int]]] = [
+        self._tasks_at: list[list[set[int]]] = [
             [set() for _ in range(slots + 1)] for _ in range(ncpus)
         ]
 
     def max_task(self, cpu: int) -> int:
         """The largest number of registers any one task holds on `cpu`."""
-        buckets = self.tasks_at[cpu]
+        buckets = self._tasks_at[cpu]
         for k in range(self.slots, 0, -1):
             if buckets[k]:
                 return k
         return 0
 
     def task_count(self, tid: int, cpu: int) -> int:
-        held = self.task_held.get(tid)
+        """Registers task `tid` holds on `cpu`."""
+        held = self._task_held.get(tid)
         return 0 if held is None else held.get(cpu, 0)
+
+    def cpu_count(self, cpu: int) -> int:
+        """Registers held CPU-wide on `cpu`."""
+        return self._cpu_held[cpu]
+
+    def holds(self, tid: int) -> bool:
+        """Whether task `tid` holds any register of this pool."""
+        return tid in self._task_held
+
+    def cpu_holders(self, cpu: int) -> Sequence[Watchpoint]:
+        """The CPU-wide watchpoints on `cpu`, in install order (read only)."""
+        return self._cpu_wps[cpu]
+
+    def task_holders(self, tid: int, cpu: int) -> Sequence[Watchpoint]:
+        """Task `tid`'s watchpoints on `cpu`, in install order (read only)."""
+        lists = self._task_wps.get(tid)
+        return () if lists is None else lists.get(cpu, ())
 
     def task_fits(self, tid: int, cpus: tuple[int, ...], weight: int) -> bool:
         """Whether `weight` more registers for task `tid` fit on every CPU of `cpus`."""
-        held = self.task_held.get(tid)
+        held = self._task_held.get(tid)
         room = self.slots - weight
-        cpu_held = self.cpu_held
+        cpu_held = self._cpu_held
         # Plain loops: this is the hot path of every allocation.
         if held is None:
             for c in cpus:  # noqa: SIM110 (a generator costs more here)
@@ -83,7 +107,7 @@ class PoolBudget:
     def cpu_fits(self, cpus: tuple[int, ...], weight: int) -> bool:
         """Whether `weight` more CPU-held registers fit on every CPU of `cpus`."""
         room = self.slots - weight
-        return all(self.cpu_held[c] + self.max_task(c) <= room for c in cpus)
+        return all(self._cpu_held[c] + self.max_task(c) <= room for c in cpus)
 
     def fits(self, tid: int | None, cpus: tuple[int, ...], weight: int) -> bool:
         """The admission inequality for a task request (`tid`) or a CPU request (None)."""
@@ -93,7 +117,7 @@ class PoolBudget:
 
     def used(self, cpu: int) -> int:
         """Registers in use on `cpu` while its fullest task runs."""
-        return self.cpu_held[cpu] + self.max_task(cpu)
+        return self._cpu_held[cpu] + self.max_task(cpu)
 
     def add(self, wp: Watchpoint) -> None:
         """Count an installed watchpoint on each of its CPUs."""
@@ -101,17 +125,17 @@ class PoolBudget:
         tid = wp.tid
         if tid is None:
             for c in wp.cpus:
-                self.cpu_held[c] += weight
-                self.cpu_wps[c].append(wp)
+                self._cpu_held[c] += weight
+                self._cpu_wps[c].append(wp)
             return
-        held = self.task_held.get(tid)
+        held = self._task_held.get(tid)
         if held is None:
-            held = self.task_held[tid] = {}
+            held = self._task_held[tid] = {}
             lists: dict[int, list[Watchpoint]] = {}
-            self.task_wps[tid] = lists
+            self._task_wps[tid] = lists
         else:
-            lists = self.task_wps[tid]
-        tasks_at = self.tasks_at
+            lists = self._task_wps[tid]
+        tasks_at = self._tasks_at
         for c in wp.cpus:
             old = held.get(c, 0)
             new = old + weight
@@ -132,12 +156,12 @@ class PoolBudget:
         tid = wp.tid
         if tid is None:
             for c in wp.cpus:
-                self.cpu_held[c] -= weight
-                self.cpu_wps[c].remove(wp)
+                self._cpu_held[c] -= weight
+                self._cpu_wps[c].remove(wp)
             return
-        held = self.task_held[tid]
-        lists = self.task_wps[tid]
-        tasks_at = self.tasks_at
+        held = self._task_held[tid]
+        lists = self._task_wps[tid]
+        tasks_at = self._tasks_at
         for c in wp.cpus:
             old = held[c]
             new = old - weight
@@ -152,15 +176,15 @@ class PoolBudget:
                 del held[c]
                 del lists[c]
         if not held:
-            del self.task_held[tid]
-            del self.task_wps[tid]
+            del self._task_held[tid]
+            del self._task_wps[tid]
 
     def holders_on(self, cpu: int, tid: int | None) -> list[Watchpoint]:
         """Watchpoints that compete with a request of task `tid` (or a CPU request) on `cpu`:
         the CPU-held ones, plus the task's own (for a CPU request, see `tasks_above`)."""
-        out = list(self.cpu_wps[cpu])
+        out = list(self._cpu_wps[cpu])
         if tid is not None:
-            lists = self.task_wps.get(tid)
+            lists = self._task_wps.get(tid)
             if lists is not None:
                 out.extend(lists.get(cpu, ()))
         return out
@@ -168,7 +192,7 @@ class PoolBudget:
     def tasks_above(self, cpu: int, level: int) -> list[int]:
         """Tasks holding more than `level` registers on `cpu`, fullest first, then by tid."""
         out: list[int] = []
-        buckets = self.tasks_at[cpu]
+        buckets = self._tasks_at[cpu]
         for k in range(self.slots, level, -1):
             out.extend(sorted(buckets[k]))
         return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from debugreg.limits import ADDRESS_LIMIT
 from debugregd.core.errors import InvalidRequest
 from debugregd.core.profiles import X86_TASK_SIZE_MAX, Access
 
@@ -51,7 +52,7 @@ def decode(dr7: int, addresses: tuple[int, int, int, int]) -> tuple[RawSlot, ...
             )
         if access is Access.EXEC and length != 1:
             raise InvalidRequest(f"DR{n} is an exec breakpoint, so its LEN must be 00 (1 byte)")
-        if not 0 <= address < 1 << 64:
+        if not 0 <= address < ADDRESS_LIMIT:
             raise InvalidRequest(f"dr{n} must be a 64-bit address")
         if address % length:
             raise InvalidRequest(

@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from debugreg.limits import MAX_BLOCKERS
 from debugregd.core.admission import PoolBudget
 from debugregd.core.model import Watchpoint
 
@@ -159,7 +160,7 @@ def plan_task(
     slots = budget.slots
     needs: dict[int, int] = {}
     for c in cpus:
-        used = budget.cpu_held[c] + budget.task_count(tid, c)
+        used = budget.cpu_count(c) + budget.task_count(tid, c)
         for wp in exclude:
             if c in wp.indices and (wp.tid is None or wp.tid == tid):
                 used -= wp.weight
@@ -201,7 +202,7 @@ def _plan_one_cpu(
     budget: PoolBudget, cpu: int, weight: int, priority: int, taken: dict[Watchpoint, None]
 ) -> Plan:
     room = budget.slots - weight
-    cpu_wps = [wp for wp in budget.cpu_wps[cpu] if wp not in taken]
+    cpu_wps = [wp for wp in budget.cpu_holders(cpu) if wp not in taken]
     cpu_used = sum(wp.weight for wp in cpu_wps)
 
     # Task counts on this CPU after the victims already chosen on other CPUs.
@@ -213,12 +214,7 @@ def _plan_one_cpu(
     def count(tid: int) -> int:
         return budget.task_count(tid, cpu) - freed.get(tid, 0)
 
-    top = 0
-    for k in range(budget.slots, 0, -1):
-        if any(t not in freed for t in budget.tasks_at[cpu][k]):
-            top = k
-            break
-    top = max([top, *(count(t) for t in freed)])
+    top = max((count(t) for t in budget.tasks_above(cpu, 0)), default=0)
     if cpu_used + top <= room:
         return FIT
     best: list[Watchpoint] | None = None
@@ -236,7 +232,7 @@ def _plan_one_cpu(
             excess = count(tid) - level
             if excess <= 0:
                 continue
-            own = [wp for wp in budget.task_wps[tid][cpu] if wp not in taken]
+            own = [wp for wp in budget.task_holders(tid, cpu) if wp not in taken]
             cut = _take(own, excess, priority, cpu)
             if cut is None:
                 trimmed = None
@@ -251,8 +247,10 @@ def _plan_one_cpu(
     if best is None:
         blockers = [wp for wp in cpu_wps if not may_evict(wp, priority)]
         for tid in budget.tasks_above(cpu, 0):
-            blockers.extend(wp for wp in budget.task_wps[tid][cpu] if not may_evict(wp, priority))
-            if len(blockers) >= 16:
+            blockers.extend(
+                wp for wp in budget.task_holders(tid, cpu) if not may_evict(wp, priority)
+            )
+            if len(blockers) >= MAX_BLOCKERS:
                 break
         return Plan(False, blockers=blockers)
     return Plan(True, victims=best)
@@ -293,7 +291,7 @@ def plan_cpu(budget: PoolBudget, cpus: tuple[int, ...], weight: int, priority: i
         # each small set of them first and keep the cheapest whole plan.
         wide = [
             wp
-            for wp in {w: None for c in cpus for w in budget.cpu_wps[c]}
+            for wp in {w: None for c in cpus for w in budget.cpu_holders(c)}
             if len(wp.cpus) > 1 and may_evict(wp, priority)
         ][:WIDE_LIMIT]
         for size in range(1, len(wide) + 1):
@@ -305,7 +303,7 @@ def plan_cpu(budget: PoolBudget, cpus: tuple[int, ...], weight: int, priority: i
         # may beat both (it sees beyond WIDE_LIMIT wide holders).
         needs = {c: budget.used(c) + weight - budget.slots for c in cpus}
         needs = {c: n for c, n in needs.items() if n > 0}
-        held = {wp: None for c in needs for wp in budget.cpu_wps[c] if may_evict(wp, priority)}
+        held = {wp: None for c in needs for wp in budget.cpu_holders(c) if may_evict(wp, priority)}
         if _covers(held, needs):
             cover = _cheapest_cover(list(held), needs)
             if _cost(cover) < _cost(victims):

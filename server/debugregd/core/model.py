@@ -3,43 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Any
 
+from debugreg.priorities import (
+    OUTSIDE_PRIORITY,
+    Priority,
+    priority_value,
+)
 from debugregd.core.errors import InvalidRequest
 from debugregd.core.profiles import Access, Space
 from debugregd.core.states import State
 from debugregd.core.watch import Chunk
 
 
-class Priority(IntEnum):
-    """Named priority classes; any integer 0-1000 is a priority too."""
-
-    BACKGROUND = 100
-    NORMAL = 300
-    PTRACE = 700
-    CRITICAL = 900
-
-
-PRIORITY_MIN, PRIORITY_MAX = 0, 1000
-# Users outside debugregd (gdb through ptrace, perf, bpftrace) rank above every priority: the
-# daemon can neither evict them nor tell them anything.
-OUTSIDE_PRIORITY = PRIORITY_MAX + 1
-
-
 def parse_priority(value: int | str) -> int:
-    """A class name or an integer 0-1000 as an integer priority."""
-    if isinstance(value, str):
-        try:
-            return int(Priority[value.upper()])
-        except KeyError:
-            names = ", ".join(p.name.lower() for p in Priority)
-            raise InvalidRequest(
-                f"unknown priority class {value!r}; use one of {names} or an integer 0-1000"
-            ) from None
-    if isinstance(value, bool) or not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise InvalidRequest(f"priority must be 0-1000 or a class name, got {value!r}")
-    return int(value)
+    """A class name or an integer 0-1000 as an integer priority (the wire's rule, defined once
+    in `debugreg.priorities`)."""
+    try:
+        return priority_value(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def priority_class(value: int) -> str:

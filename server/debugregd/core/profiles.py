@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from debugreg.limits import ADDRESS_LIMIT, LENGTH_MAX
 from debugregd.core import watch
 from debugregd.core.errors import InvalidRequest
 from debugregd.core.watch import Chunk
@@ -23,9 +24,6 @@ class Space(StrEnum):
 
 
 _EXEC, _USER, _KERNEL = Access.EXEC, Space.USER, Space.KERNEL  # cheap to load on the hot path
-
-
-ADDRESS_LIMIT = 1 << 64
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ class Profile:
     exec_length: int
     addresses: AddressMap
     split_data: Splitter = field(repr=False)
-    max_data_length: int = 1 << 20  # a sanity bound; registers run out long before it
+    max_data_length: int = LENGTH_MAX
     single_lengths: frozenset[int] = frozenset()  # aligned data lengths that take one register
 
     def pool_for(self, access: Access) -> str:

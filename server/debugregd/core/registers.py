@@ -19,11 +19,8 @@ OnChange = Callable[[Watchpoint], None]
 
 def assign_task(budget: PoolBudget, tid: int, cpu: int, on_change: OnChange) -> None:
     """Pack task `tid`'s watchpoints on `cpu` from DR0 upwards in install order."""
-    lists = budget.task_wps.get(tid)
-    if lists is None:
-        return
     index = 0
-    for wp in lists.get(cpu, ()):
+    for wp in budget.task_holders(tid, cpu):
         weight = wp.weight
         new = (index,) if weight == 1 else tuple(range(index, index + weight))
         if wp.indices.get(cpu) != new:
@@ -36,17 +33,16 @@ def place_task(budget: PoolBudget, wp: Watchpoint) -> None:
     """Indices for a task watchpoint just added: it is the last installed on each of its CPUs,
     so it goes right above the task's others (which are packed already), and nothing moves."""
     assert wp.tid is not None
-    held = budget.task_held[wp.tid]
-    weight = wp.weight
+    tid, weight = wp.tid, wp.weight
     for c in wp.cpus:
-        start = held[c] - weight
+        start = budget.task_count(tid, c) - weight
         wp.indices[c] = (start,) if weight == 1 else tuple(range(start, start + weight))
 
 
 def assign_cpu(budget: PoolBudget, cpu: int, on_change: OnChange) -> None:
     """Pack CPU-held watchpoints on `cpu` from the top register down, kernel-space first."""
     top = budget.slots
-    wps = budget.cpu_wps[cpu]
+    wps = budget.cpu_holders(cpu)
     for kernel in (True, False):
         for wp in wps:
             if wp.kernel is not kernel:
@@ -64,6 +60,6 @@ def assign(budget: PoolBudget, wp: Watchpoint, on_change: OnChange) -> None:
     if wp.tid is None:
         for c in wp.cpus:
             assign_cpu(budget, c, on_change)
-    elif wp.tid in budget.task_wps:  # else the task holds nothing more here
+    elif budget.holds(wp.tid):  # else the task holds nothing more here
         for c in wp.cpus:
             assign_task(budget, wp.tid, c, on_change)

@@ -1,7 +1,9 @@
 """The allocation state machine. Everything that decides a state change lives in this table.
 
 Like h11's `_state.py`, the transitions are data: `TRANSITIONS[(state, trigger)]` is the next state
-and `EVENT_OF[trigger]` the event type published for it. The README's diagram is drawn from them.
+and `EVENT_OF[trigger]` the event type published for it, and the core changes an allocation's state
+only through `transition`, which reads both. Every event type the core publishes is an `EventType`;
+the README's diagram is drawn from the table.
 """
 
 from __future__ import annotations
@@ -17,6 +19,26 @@ class State(StrEnum):
     RELEASED = "released"
     EVICTED = "evicted"
     EXPIRED = "expired"
+
+
+class EventType(StrEnum):
+    """Every event type of API v1 (the wire schema's `EventType` lists the same names)."""
+
+    # An allocation's transitions (`EVENT_OF`).
+    INSTALLED = "installed"
+    WAITING = "waiting"
+    EVICTED = "evicted"
+    MOVED = "moved"
+    REINSTALLED = "reinstalled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    # Everything else the core publishes.
+    HIT = "hit"  # an allocation's watchpoint was hit (no state change)
+    SESSION_OPENED = "session_opened"
+    SESSION_CLOSED = "session_closed"
+    OUTSIDE = "outside"  # users outside debugregd hold more or fewer registers
+    # The daemon's, not the core's: a stream resumed from before its retained history.
+    RESET = "reset"
 
 
 class Trigger(StrEnum):
@@ -47,26 +69,27 @@ TRANSITIONS: dict[tuple[State | None, Trigger], State] = {
     (State.WAITING, Trigger.REJECT): State.EVICTED,
 }
 
-EVENT_OF: dict[Trigger, str] = {
-    Trigger.ADMIT: "installed",
-    Trigger.QUEUE: "waiting",
-    Trigger.RELEASE: "released",
-    Trigger.EVICT: "evicted",
-    Trigger.EVICT_TO_WAIT: "evicted",
-    Trigger.MOVE: "moved",
-    Trigger.REINSTALL: "reinstalled",
-    Trigger.EXPIRE: "expired",
-    Trigger.REJECT: "evicted",
+EVENT_OF: dict[Trigger, EventType] = {
+    Trigger.ADMIT: EventType.INSTALLED,
+    Trigger.QUEUE: EventType.WAITING,
+    Trigger.RELEASE: EventType.RELEASED,
+    Trigger.EVICT: EventType.EVICTED,
+    Trigger.EVICT_TO_WAIT: EventType.EVICTED,
+    Trigger.MOVE: EventType.MOVED,
+    Trigger.REINSTALL: EventType.REINSTALLED,
+    Trigger.EXPIRE: EventType.EXPIRED,
+    Trigger.REJECT: EventType.EVICTED,
 }
 
 TERMINAL: frozenset[State] = frozenset({State.RELEASED, State.EVICTED, State.EXPIRED})
 LIVE: frozenset[State] = frozenset({State.INSTALLED, State.WAITING})
 
 
-def next_state(state: State | None, trigger: Trigger) -> State:
-    """The state after `trigger`, or InvalidTransition when the table has no such edge."""
+def transition(state: State | None, trigger: Trigger) -> tuple[State, EventType]:
+    """The state after `trigger` and the event that announces it, or InvalidTransition when the
+    table has no such edge."""
     try:
-        return TRANSITIONS[(state, trigger)]
+        return TRANSITIONS[(state, trigger)], EVENT_OF[trigger]
     except KeyError:
         shown = "new" if state is None else state.value
         raise InvalidTransition(
