@@ -13,7 +13,7 @@ from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_o
 from debugregd.api.document import problems
 from debugregd.api.responses import Json
 from debugregd.backends.sim import NoRoomToInject, SimBackend
-from debugregd.core import Forbidden, InvalidRequest, NotFound, Priority, Refused
+from debugregd.core import InvalidRequest, NotFound, Refused
 
 router = APIRouter(prefix="/v1", tags=["host"])
 
@@ -75,7 +75,8 @@ async def task(tid: ThreadId, request: Request) -> dict[str, Any]:
 
 
 def _raw(d: Daemon, tid: int, who: Caller) -> dict[str, Any]:
-    out = d.arbiter.debugregs(tid)
+    # The core checks the ptrace grant a session needs to read them, as to write them.
+    out = d.arbiter.debugregs(tid, None if who.admin else who.session_id)
     for n in range(4):
         out[f"dr{n}"] = wire.hex_address(out[f"dr{n}"])
     if out["session"] is not None and not who.owns(out["session"]):
@@ -91,15 +92,7 @@ def _raw(d: Daemon, tid: int, who: Caller) -> dict[str, Any]:
     summary="DR0-DR3 and DR7 as last written (ptrace grant or admin)",
 )
 async def get_debugregs(tid: ThreadId, request: Request) -> dict[str, Any]:
-    d = daemon_of(request)
-    who = session_of(request)
-    if not who.admin and (who.session is None or who.session.max_priority < Priority.PTRACE):
-        # Writing them needs the same grant, which the core checks.
-        raise Forbidden(
-            "reading raw debug registers needs a session with max_priority ptrace (700) or "
-            "more; open the session with the admin key to get that grant"
-        )
-    return _raw(d, tid, who)
+    return _raw(daemon_of(request), tid, session_of(request))
 
 
 @router.put(
@@ -239,8 +232,7 @@ async def sim_outside(body: schema.SimOutsideRequest, request: Request) -> dict[
         if isinstance(scope, schema.TaskScope):
             tid = scope.tid
     for cpu in cpus:
-        if cpu >= arb.ncpus:
-            raise NotFound(f"CPU {cpu} does not exist; this host has CPUs 0-{arb.ncpus - 1}")
+        arb.check_cpu(cpu)
     pool = body.pool or arb.profile.data_pool
     if pool not in sim.registers:
         raise NotFound(f"no pool {pool!r}; this host has {', '.join(sim.registers)}")

@@ -14,7 +14,7 @@ from debugreg.priorities import Priority
 from debugregd.core import dr7 as dr7_abi
 from debugregd.core import eviction, views
 from debugregd.core.errors import Forbidden, InvalidRequest, Refused
-from debugregd.core.model import Event, OnEvict, Request, Scope, Watchpoint, share_key
+from debugregd.core.model import Event, OnEvict, Request, Scope, Session, Watchpoint, share_key
 from debugregd.core.profiles import Space
 from debugregd.core.states import Trigger
 
@@ -56,11 +56,7 @@ def set_debugregs(
         raise InvalidRequest("the raw DR0-DR7 ABI exists only on the x86_64 profile")
     arb.check_tid(tid)
     session = None if session_id is None else arb.session(session_id)
-    if session is not None and session.max_priority < Priority.PTRACE:
-        raise Forbidden(
-            "writing raw debug registers needs a session with max_priority ptrace (700) "
-            "or more; open the session with the admin key to get that grant"
-        )
+    _check_grant(session, "writing")
     slots = dr7_abi.decode(dr7, addresses)
     raw = arb.raw.get(tid)
     if raw is not None and raw.session != session_id and session_id is not None:
@@ -164,8 +160,11 @@ def set_debugregs(
     return op.end()
 
 
-def debugregs(arb: Arbiter, tid: int) -> dict[str, Any]:
-    """DR0-DR3 and DR7 as last written, with the allocation behind each enabled register."""
+def debugregs(arb: Arbiter, tid: int, session_id: str | None = None) -> dict[str, Any]:
+    """DR0-DR3 and DR7 as last written, with the allocation behind each enabled register, read
+    by session `session_id` (None: the admin)."""
+    if session_id is not None:
+        _check_grant(arb.session(session_id), "reading")
     raw = arb.raw.get(tid) or RawTask(tid, None)
     out: dict[str, Any] = {f"dr{n}": raw.addresses[n] for n in range(4)}
     out["dr7"] = raw.dr7
@@ -173,6 +172,15 @@ def debugregs(arb: Arbiter, tid: int) -> dict[str, Any]:
     out["session"] = raw.session
     out["allocations"] = {f"dr{n}": aid for n, aid in raw.allocations.items()}
     return out
+
+
+def _check_grant(session: Session | None, doing: str) -> None:
+    """Forbidden unless `session` (None: the admin) holds the ptrace grant the raw ABI needs."""
+    if session is not None and session.max_priority < Priority.PTRACE:
+        raise Forbidden(
+            f"{doing} raw debug registers needs a session with max_priority ptrace (700) or "
+            "more; open the session with the admin key to get that grant"
+        )
 
 
 __all__ = ["RawTask", "debugregs", "set_debugregs"]
