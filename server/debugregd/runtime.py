@@ -29,7 +29,7 @@ from typing import Any
 from debugregd import wire
 from debugregd.backends.base import Backend, Hit, Targets
 from debugregd.commands import Command, Outcome, execute, replay
-from debugregd.core import Allocation, Arbiter, CoreError, Event, Refused, Session
+from debugregd.core import Allocation, Arbiter, CoreError, Event, EventType, Refused, Session
 from debugregd.core.errors import KernelRefused
 from debugregd.core.kernel import Measurement, Recorder
 from debugregd.hub import EventHub
@@ -50,7 +50,7 @@ RECORD_CACHE = 4096  # allocations whose latest staged record is kept for their 
 KERNEL_TRIES = 3
 TASK_SWEEP_S = 10.0  # how often exited-or-forgotten tasks stop being watched
 # Events that free registers: outside holders are measured again after them.
-FREEING = frozenset({"released", "evicted", "expired"})
+FREEING = frozenset({EventType.RELEASED, EventType.EVICTED, EventType.EXPIRED})
 
 
 class JournalFailed(RuntimeError):
@@ -338,7 +338,7 @@ class Runtime:
                 self._remeasure_soon()
             data = wire.event(ev)
             batch.events.append(StoredEvent(ev.id, ev.type, ev.session, wire.dumps(data)))
-            if ev.type == "session_closed" and ev.session is not None:
+            if ev.type == EventType.SESSION_CLOSED and ev.session is not None:
                 batch.revoked.append(ev.session)
             record = data.get("allocation")
             if record is not None:
@@ -572,9 +572,9 @@ class Runtime:
     def _count(self, ev: Event) -> None:
         stats = self.stats
         stats.events[ev.type] = stats.events.get(ev.type, 0) + 1
-        if ev.type == "installed":
+        if ev.type == EventType.INSTALLED:
             stats.allocations += 1
-        elif ev.type == "evicted":
+        elif ev.type == EventType.EVICTED:
             stats.evictions += 1
 
     # -- time and hardware

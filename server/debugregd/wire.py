@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from debugregd.core import Event
+from debugregd.core import Event, EventType
 
 
 def hex_address(value: int) -> str:
@@ -30,7 +30,7 @@ def event(ev: Event) -> dict[str, Any]:
     out = ev.to_dict()
     if ev.allocation is not None:
         out["allocation"] = record(ev.allocation)
-    if ev.type == "hit" and isinstance(out.get("address"), int):
+    if ev.type == EventType.HIT and isinstance(out.get("address"), int):
         out["address"] = hex_address(out["address"])
     return out
 
@@ -63,10 +63,10 @@ def event_for(type_: str, body: str, reader: str | None) -> str:
     """An event's `data:` as `reader` may see it (see `blocker_for`): a `waiting` event's
     blockers, and who an `evicted` event's allocation was evicted for, when that is another
     session. The journal keeps the event whole, for the admin."""
-    if reader is None or type_ not in ("waiting", "evicted"):
+    if reader is None or type_ not in (EventType.WAITING, EventType.EVICTED):
         return body
     data = orjson.loads(body)
-    if type_ == "waiting":
+    if type_ == EventType.WAITING:
         blockers = data.get("blockers") or []
         seen = blockers_for(blockers, reader)
         if seen == blockers:

@@ -20,6 +20,7 @@ from debugregd import wire
 from debugregd.api import inputs
 from debugregd.api.context import Daemon, admin_of, daemon_of, owner_of
 from debugregd.api.document import problems
+from debugregd.core import EventType
 from debugregd.core.errors import LimitReached
 from debugregd.hub import EventHub, Subscriber
 from debugregd.store.journal import StoredEvent
@@ -62,12 +63,14 @@ async def stream(
                 last = hub.published_id
                 reset = {
                     "id": last,
-                    "type": "reset",
+                    "type": EventType.RESET,
                     "at": time.time(),
                     "since": since,
                     "earliest": earliest,
                 }
-                yield format_sse_event(data_str=wire.dumps(reset), event="reset", id=str(last))
+                yield format_sse_event(
+                    data_str=wire.dumps(reset), event=EventType.RESET, id=str(last)
+                )
             else:
                 while last < hub.published_id:
                     page = hub.recent_after(last)
@@ -78,7 +81,7 @@ async def stream(
                     for ev in page:
                         if ev.id > last and (session is None or ev.session == session):
                             yield _sse(ev, reader)
-                            if session is not None and ev.type == "session_closed":
+                            if session is not None and ev.type == EventType.SESSION_CLOSED:
                                 return
                         last = max(last, ev.id)
         heartbeat = d.settings.heartbeat_s
@@ -98,7 +101,7 @@ async def stream(
                 published = hub.published_at(live.id)
                 if published is not None:
                     delivery.observe(time.perf_counter() - published)
-                if session is not None and live.type == "session_closed":
+                if session is not None and live.type == EventType.SESSION_CLOSED:
                     return  # the session is over: so is its stream
     finally:
         hub.unsubscribe(sub)
