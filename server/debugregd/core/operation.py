@@ -14,6 +14,7 @@ baselines that become `moved` events, and the waiters an admin eviction holds ba
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from debugregd.core import registers, views, waiting
@@ -102,7 +103,7 @@ class Operation:
         freed, or their holders weakened: the waiters they competed with may fit now."""
         waiting.note_freed(self.freed, budget, tid, cpus)
 
-    def free_budgets(self, budgets: set[str] | list[str] | dict[str, Any]) -> None:
+    def free_budgets(self, budgets: Iterable[str]) -> None:
         """Every waiter of these budgets may fit now (a host setting changed)."""
         self.freed.update(("budget", b) for b in budgets)
 
