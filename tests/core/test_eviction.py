@@ -8,9 +8,10 @@ then the lowest priorities, then the most recently installed.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from debugregd.core import Access, Arbiter, OnEvict, Refused, Request, Scope, State
@@ -354,7 +355,82 @@ def test_a_one_cpu_request_evicts_the_cheapest_victim_set(
     assert_cheapest(arb, request(cpu(where), 0x9000, length, priority=priority))
 
 
-# ------------------------------------------------------------------ known bugs
+# ------------------------------------------------------------------ where greedy is dearer
+
+
+def fill(ncpus: int, requests: Iterable[Request]) -> Arbiter:
+    """An x86 host of `ncpus` CPUs holding those of `requests` that fit, installed in order."""
+    arb = host(ncpus=ncpus)
+    for req in requests:
+        with contextlib.suppress(Refused):
+            arb.allocate(None, req, 0)
+    return arb
+
+
+WIDE_CPUS = 6
+
+
+@st.composite
+def wide_holders(draw: st.DrawFn, ncpus: int = WIDE_CPUS) -> list[Request]:
+    """Requests that crowd `ncpus` CPUs mostly with `cpus` holders of two or three CPUs each, one
+    CPU holders and a few tasks among them: covers of their overlapping CPU sets are where a
+    greedy choice (most registers freed first) is not the cheapest, in one generated host in
+    twenty or so, where the two-CPU hosts above almost never tell them apart."""
+    out = []
+    for n in range(draw(st.integers(16, 30))):
+        kind = draw(st.sampled_from(["cpus", "cpus", "cpus", "cpus", "cpu", "cpu", "task"]))
+        if kind == "cpus":
+            chosen = draw(st.sets(st.integers(0, ncpus - 1), min_size=2, max_size=3))
+            scope = cpus(sorted(chosen))
+        elif kind == "cpu":
+            scope = cpu(draw(st.integers(0, ncpus - 1)))
+        else:
+            scope = task(draw(st.integers(1, 3)))
+        address, length = draw(st.sampled_from(ONE_REGISTER * 3 + [(0x1001, 2)]))
+        out.append(
+            request(
+                scope,
+                address + 0x100 * n,
+                length,
+                priority=draw(st.sampled_from([100, 200, 300, 400])),
+                evictable=draw(st.sampled_from([True] * 19 + [False])),
+            )
+        )
+    return out
+
+
+def overlapping_wide_holders() -> list[Request]:
+    """Six full CPUs where the holder freeing the most of them (CPUs 0-3) is in no cheapest
+    cover: the holders on CPUs 0, 1, 4 and on 2, 3, 5 free all six, the greedy choice takes the
+    first and then one-CPU holders on 4 and 5 (17 candidates in all)."""
+    held = [
+        request(cpus([0, 1, 2, 3]), 0x1000, priority=BACKGROUND),
+        request(cpus([0, 1, 4]), 0x1008, priority=BACKGROUND),
+        request(cpus([2, 3, 5]), 0x1010, priority=BACKGROUND),
+    ]
+    address = 0x2000
+    for n, count in enumerate([2, 2, 2, 2, 3, 3]):
+        for _ in range(count):
+            held.append(request(cpu(n), address, priority=BACKGROUND))
+            address += 8
+    return held
+
+
+@settings(max_examples=100, deadline=None)
+@example(held=overlapping_wide_holders(), tid=9, length=1, priority=PTRACE)
+@given(
+    held=wide_holders(),
+    tid=st.integers(1, 4),
+    length=st.sampled_from([1, 2, 16]),
+    priority=st.sampled_from([350, 700, 700]),
+)
+def test_a_task_request_among_wide_holders_evicts_the_cheapest_victim_set(
+    held: list[Request], tid: int, length: int, priority: int
+) -> None:
+    assert_cheapest(fill(WIDE_CPUS, held), request(task(tid), 0x9000, length, priority=priority))
+
+
+# ------------------------------------------------------------------ regressions held by tests
 
 
 def test_a_cpu_request_prefers_the_lower_priority_victim_of_equal_count() -> None:

@@ -40,24 +40,16 @@ from tests.core.oracle import (
     Demand,
     Holder,
     budget_of,
+    cheapest_victims,
     demand,
     fits,
     fits_after_evicting_lower,
     holders,
-    key_of,
     may_evict,
     slots_of,
+    victim_cost,
 )
 from tests.core.oracle import check_register_files as check_register_files_of
-
-# A known core bug, pinned by a strict xfail test. While the flag is True, the property exempts
-# exactly the case the bug produces, so the machines keep searching for other bugs; set it to False
-# once the bug is fixed and the full property applies again.
-#
-# BUG-9 (test_raw.py::test_a_write_may_reuse_the_register_its_replaced_identical_drs_shared): a
-# raw write replacing DRs that shared one register does not count that register as freed, and may
-# be refused although it fits.
-KNOWN_BUG_9_REPLACED_SHARED_RAW_REGISTER_NOT_FREED = False
 
 ADMIN_REASON = "property test admin eviction"
 PRIORITIES = (100, 300, 300, 700, 900)
@@ -136,6 +128,24 @@ class ArbiterMachine(RuleBasedStateMachine):
         for blocker in blockers:
             h = by_alloc[blocker["allocation"]]
             assert not may_evict(h, d.priority), f"named {h} could have been evicted"
+
+    def check_victims(self, hs: list[Holder], d: Demand, evicted: set[str]) -> None:
+        """The victims of an admission are strictly lower and evictable, and as cheap as the
+        cheapest set a search over every subset finds, except for a CPU-set request that needs
+        room on several CPUs: planned CPU by CPU, it may be dearer (never cheaper)."""
+        victims = [h for h in hs if evicted & set(h.allocations)]
+        for v in victims:
+            assert may_evict(v, d.priority), f"evicted {v} for priority {d.priority}"
+        best = cheapest_victims(self.arb, hs, d)
+        assert best is not None, f"evicted for {d}, which no set of victims makes room for"
+        slots = slots_of(self.arb, d.budget)
+        crowded = [c for c in d.cpus if not fits(hs, d.budget, slots, d.tid, (c,), d.weight)]
+        cost = victim_cost(victims)
+        if d.tid is not None or len(crowded) == 1:
+            assert cost == best, f"evicted a set of cost {cost}, the cheapest costs {best}"
+        else:
+            assert cost >= best, f"evicted a set of cost {cost}, below the cheapest {best}"
+            event("allocate: planned CPU by CPU")
 
     # ------------------------------------------------------------------ rules
 
@@ -229,6 +239,16 @@ class ArbiterMachine(RuleBasedStateMachine):
                 assert wait
                 blockers = (new.data or {}).get("blockers", [])
                 self.check_refusal(hs, d, blockers)
+            # Only this request's victims: the waiters it lets in may evict for themselves.
+            evicted = {
+                e.allocation["id"]
+                for e in result
+                if e.type == "evicted"
+                and e.allocation
+                and (e.data or {}).get("evictor", {}).get("allocation") == new.allocation["id"]
+            }
+            if evicted:
+                self.check_victims(hs, d, evicted)
 
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
@@ -411,15 +431,6 @@ class X86Machine(ArbiterMachine):
             ):
                 kept.add(alloc.id)
         dropped = {aid for aid in old.values() if aid not in kept}
-        dropped_keys = [
-            key_of(self.arb, self.arb.allocations[aid])
-            for aid in dropped
-            if aid in self.arb.allocations and self.arb.allocations[aid].state is State.INSTALLED
-        ]
-        if KNOWN_BUG_9_REPLACED_SHARED_RAW_REGISTER_NOT_FREED and len(set(dropped_keys)) < len(
-            dropped_keys
-        ):
-            return
         budget = budget_of(
             self.arb, self.arb.profile.data_pool, self.arb.profile.addresses.space_of(0x1000, 1)
         )
