@@ -210,7 +210,18 @@ def _median(samples: list[Sample], which: int) -> float:
     return round(statistics.median(s[which] for s in samples), 3)
 
 
-def run(pairs: int, reps: int, sizes: tuple[int, ...]) -> dict[str, Any]:
+def pin(cpu: int | None) -> int | None:
+    """Pin this process (and so the size workers it forks) to `cpu`, by default the last one it
+    may use: the sizes and the kernel then take turns on one CPU, under the same conditions,
+    instead of wherever the scheduler puts each process. None when `cpu` is negative."""
+    if cpu is not None and cpu < 0:
+        return None
+    chosen = max(os.sched_getaffinity(0)) if cpu is None else cpu
+    os.sched_setaffinity(0, {chosen})
+    return chosen
+
+
+def run(pairs: int, reps: int, sizes: tuple[int, ...], cpu: int | None) -> dict[str, Any]:
     """Every figure of one run, as the JSON object `--json` prints."""
     ncpus = os.cpu_count() or 1
     workers = [SizeWorker(n, ncpus) for n in sizes]
@@ -270,6 +281,7 @@ def run(pairs: int, reps: int, sizes: tuple[int, ...]) -> dict[str, Any]:
             "statistic": "median of samples; a sample is the mean microseconds per pair",
             "arbiter": f"x86_64, ncpus={ncpus}, task scope, priority normal, one session, "
             "one process per size, sizes and the kernel take turns",
+            "pinned_cpu": cpu,
             "kernel": "perf_event_open(pid=0, cpu=-1, HW_BREAKPOINT_W, len 8) + close, via ctypes",
         },
         "revision": revision(),
@@ -302,11 +314,17 @@ def main() -> None:
         metavar="LIVE",
         help="instead: cProfile the pairs with LIVE allocations held, hottest functions first",
     )
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        help="the CPU every process of the run is pinned to (default: the last one allowed; "
+        "-1: not pinned)",
+    )
     args = parser.parse_args()
     if args.profile is not None:
         print(profile(args.profile, os.cpu_count() or 1, args.pairs, 30))
         return
-    result = run(args.pairs, args.reps, args.sizes)
+    result = run(args.pairs, args.reps, args.sizes, pin(args.cpu))
     if args.json:
         print(json.dumps(result))
         return
