@@ -292,23 +292,35 @@ def cpu_requests(ncpus: int = WIDE_CPUS) -> st.SearchStrategy[Request]:
     )
 
 
-@settings(max_examples=100, deadline=None)
-@example(held=overlapping_wide_holders(), req=request(task(9), 0x9000, priority=PTRACE))
-@given(held=wide_holders(), req=task_requests())
-def test_an_exact_plan_is_the_cheapest_and_the_greedy_fallback_is_valid_and_never_cheaper(
-    held: list[Request], req: Request
-) -> None:
+Planned = tuple[Arbiter, Cost, Plan, Plan]
+
+
+def planned(held: list[Request], req: Request) -> Planned | None:
+    """The host of `held`, the cheapest cost of `req`'s victims on it, and the core's plan with
+    the default search budget and with none; None (checked) when `req` fits or is refused."""
     arb = fill(WIDE_CPUS, held)
     best = cheapest(arb, req)
     plan = plan_for(arb, req)
     fallback = plan_for(arb, req, search_budget=0)
     if best is None:
         assert not plan.fits and not fallback.fits, "admitted, but no set of victims makes room"
-        return
+        return None
     if best == (0, ()):
         assert plan is fallback is eviction.FIT
-        return
+        return None
     assert fallback.strategy is Strategy.GREEDY
+    return arb, best, plan, fallback
+
+
+@settings(max_examples=100, deadline=None)
+@example(held=overlapping_wide_holders(), req=request(task(9), 0x9000, priority=PTRACE))
+@given(held=wide_holders(), req=task_requests())
+def test_an_exact_plan_is_the_cheapest_and_the_greedy_fallback_is_valid_and_never_cheaper(
+    held: list[Request], req: Request
+) -> None:
+    if (case := planned(held, req)) is None:
+        return
+    arb, best, plan, fallback = case
     assert_none_spared(arb, req, assert_valid(arb, req, fallback))
     assert_valid(arb, req, plan)
     if plan.strategy is Strategy.EXACT:
@@ -328,17 +340,9 @@ def test_an_exact_plan_is_the_cheapest_and_the_greedy_fallback_is_valid_and_neve
 def test_a_cpu_request_plan_is_valid_and_the_cheapest_when_it_says_exact(
     held: list[Request], req: Request
 ) -> None:
-    arb = fill(WIDE_CPUS, held)
-    best = cheapest(arb, req)
-    plan = plan_for(arb, req)
-    fallback = plan_for(arb, req, search_budget=0)
-    if best is None:
-        assert not plan.fits and not fallback.fits, "admitted, but no set of victims makes room"
+    if (case := planned(held, req)) is None:
         return
-    if best == (0, ()):
-        assert plan is fallback is eviction.FIT
-        return
-    assert fallback.strategy is Strategy.GREEDY
+    arb, best, plan, fallback = case
     assert_valid(arb, req, fallback)
     assert_valid(arb, req, plan)
     assert cost(arb, plan) >= best

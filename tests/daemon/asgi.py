@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,20 @@ def runtime(app: DaemonApp) -> Runtime:
 
 
 async def call(
-    app: DaemonApp, method: str, path: str, body: bytes = b"", token: str | None = None
-) -> tuple[int, dict[str, Any], list[Message]]:
-    """One request: its status, its JSON body (None when empty) and every message sent."""
-    headers = [(b"content-type", b"application/json"), (b"host", b"127.0.0.1:8765")]
+    app: DaemonApp,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    token: str | None = None,
+    on_send: Callable[[Message], None] = lambda message: None,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> tuple[int, Any, list[Message]]:
+    """One request through the ASGI app: its status, its JSON body (None if none) and every
+    message sent, each also given to `on_send` as it goes. The client goes once the response has
+    started, which ends a stream."""
+    sent_headers = [(b"content-type", b"application/json"), (b"host", b"127.0.0.1:8765")]
     if token is not None:
-        headers.append((b"authorization", f"Bearer {token}".encode()))
+        sent_headers.append((b"authorization", f"Bearer {token}".encode()))
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -47,19 +56,31 @@ async def call(
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": headers,
+        "headers": [*sent_headers, *headers],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 8765),
     }
     sent: list[Message] = []
+    started = asyncio.Event()
+    requested = False
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await started.wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
+        on_send(message)
         sent.append(message)
+        if message["type"] == "http.response.start":
+            started.set()
 
-    await app(scope, receive, send)
+    async with asyncio.timeout(10):  # not wait_for: its task would start a loop tick later
+        await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], json.loads(content) if content else None, sent
+    is_json = b"json" in dict(start["headers"]).get(b"content-type", b"")
+    return start["status"], json.loads(content) if content and is_json else None, sent
