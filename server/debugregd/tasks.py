@@ -46,24 +46,25 @@ class TaskWatcher:
     def watched(self) -> set[int]:
         return set(self._pidfds) | self._polled
 
-    def watch(self, tid: int) -> None:
-        """Watch `tid` until it exits (nothing if it is watched already)."""
+    def watch(self, tid: int) -> bool:
+        """Watch `tid` until it exits; False if it was watched already or is gone."""
         if tid in self._pidfds or tid in self._polled:
-            return
+            return False
         loop = asyncio.get_running_loop()
         try:
             fd = os.pidfd_open(tid, PIDFD_THREAD)
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 loop.call_soon(self.on_exit, tid)  # gone already
-                return
+                return False
             # EINVAL (a kernel without PIDFD_THREAD for this thread), EPERM...: use /proc.
             self._polled.add(tid)
             if self._poller is None:
                 self._poller = loop.create_task(self._poll(), name="task-poller")
-            return
+            return True
         self._pidfds[tid] = fd
         loop.add_reader(fd, self._gone, tid)
+        return True
 
     def keep_only(self, tids: Iterable[int]) -> None:
         """Stop watching every thread not in `tids` (the daemon no longer cares about them)."""

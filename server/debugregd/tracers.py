@@ -3,7 +3,9 @@
 A debugger that does not ask (plain gdb) attaches to a task through ptrace before it writes the
 task's debug registers. The kernel reports every attach and detach on its process events connector
 (netlink, `PROC_EVENT_PTRACE`), the moment it happens, to a daemon with CAP_NET_ADMIN; the daemon
-then has the time gdb spends reading symbols to make room. Where the connector is not open to it,
+then has the time gdb spends reading symbols to make room. A tracer that exits (or is killed)
+without detaching sends no ptrace event: its tracees are let go as it exits, which the connector
+reports as the tracer's `PROC_EVENT_EXIT`. Where the connector is not open to it,
 each watched task's `TracerPid` in /proc is read every `POLL_S` instead; the same reading, less
 often, catches anything the connector dropped.
 """
@@ -28,12 +30,14 @@ CN_IDX_PROC = CN_VAL_PROC = 1
 PROC_CN_MCAST_LISTEN = 1
 NLMSG_DONE = 3
 PROC_EVENT_PTRACE = 0x100
+PROC_EVENT_EXIT = 0x80000000
 # nlmsghdr (16 bytes), cn_msg (20), then proc_event: what, cpu, timestamp_ns, and for a ptrace
 # event process_pid, process_tgid, tracer_pid, tracer_tgid.
 _HEADER = struct.Struct("=IHHII")
 _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT = struct.Struct("=IIQ")
 _PTRACE = struct.Struct("=iiii")
+_EXIT = struct.Struct("=ii")  # the exiting thread and its process (then exit code, signal...)
 _EVENT_AT = _HEADER.size + _CN_MSG.size
 
 OnChange = Callable[[int, int], None]  # (tid, tracer pid; 0 once it detached)
@@ -106,6 +110,10 @@ class TracerWatcher:
         for tid in tids:
             self._saw(tid, tracer_of(tid))
 
+    def check_one(self, tid: int) -> None:
+        """Read the tracer of task `tid` alone (one just watched) and report it if it changed."""
+        self._saw(tid, tracer_of(tid))
+
     def _saw(self, tid: int, tracer: int) -> None:
         if self.known.get(tid, 0) == tracer:
             return
@@ -130,6 +138,12 @@ class TracerWatcher:
             if len(data) < _EVENT_AT + _EVENT.size + _PTRACE.size:
                 continue
             what, _, _ = _EVENT.unpack_from(data, _EVENT_AT)
+            if what == PROC_EVENT_EXIT:
+                # The kernel detached its tracees as the tracer thread exited.
+                gone, _ = _EXIT.unpack_from(data, _EVENT_AT + _EVENT.size)
+                for tid in [t for t, tracer in self.known.items() if tracer == gone]:
+                    self._saw(tid, 0)
+                continue
             if what != PROC_EVENT_PTRACE:
                 continue
             tid, _, tracer, _ = _PTRACE.unpack_from(data, _EVENT_AT + _EVENT.size)
