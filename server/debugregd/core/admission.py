@@ -15,7 +15,8 @@ counts (Linux's `bp_slots_histogram`). Ours keeps the members of each bucket, no
 because eviction has to name the tasks at the top. A decision costs O(slots x CPUs touched).
 
 The counts are private to `PoolBudget`: eviction, index assignment and the views ask it questions
-(`cpu_count`, `task_count`, `max_task`, `cpu_holders`, `task_holders`, `tasks_above`) and only
+(`cpu_count`, `task_count`, `max_task`, `used`, `fits`, `holds`, `cpu_holders`, `task_holders`,
+`holders_on`, `tasks_above`, ...) and only
 `add` and `remove` change them, so no other module can let them drift apart.
 """
 

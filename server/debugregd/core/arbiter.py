@@ -68,8 +68,8 @@ REJECTION_ERRORS: dict[str, type[CoreError]] = {
 class Arbiter:
     """Owns every session, allocation and register file of one host.
 
-    Its attributes are the state, which the core's modules read and (through an `Operation`)
-    change; everything outside the core uses the methods."""
+    Its attributes are the state, which the core's modules read and change (allocations and
+    registers only through an `Operation`); everything outside the core uses the methods."""
 
     def __init__(
         self,
@@ -310,10 +310,6 @@ class Arbiter:
     def waiting(self) -> list[Allocation]:
         """Waiting allocations in service order: priority, then first come first served."""
         return [self.allocations[aid] for aid in self.queue.ids()]
-
-    def waiting_of(self, session_id: str) -> int:
-        """How many of a session's allocations are waiting."""
-        return self.queue.count_of(session_id)
 
     # ------------------------------------------------------------------ the other concerns
 

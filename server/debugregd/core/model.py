@@ -452,18 +452,6 @@ class Event:
         self._source = source
         self._view = None if source is None else source.view()
 
-    @classmethod
-    def about(
-        cls,
-        id: int,
-        type: str,
-        at: float,
-        alloc: Allocation,
-        data: dict[str, Any] | None = None,
-    ) -> Event:
-        """An event on `alloc`, capturing what may change so the record can be built later."""
-        return cls(id, type, at, alloc.session, None, data, alloc)
-
     @property
     def allocation(self) -> dict[str, Any] | None:
         if self._record is None and self._source is not None:

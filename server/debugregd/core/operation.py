@@ -28,13 +28,13 @@ if TYPE_CHECKING:
 # Enum members bound once: on Python 3.11 each `State.INSTALLED` lookup costs ~200 ns, and the hot
 # path takes several per operation.
 INSTALLED = State.INSTALLED
-ADMIT = Trigger.ADMIT
+MOVED_TO, MOVED = transition(INSTALLED, Trigger.MOVE)
 
 
 class Operation:
     """The scratch state of one change and the only way to make one (see the module)."""
 
-    __slots__ = ("announced", "arb", "baseline", "events", "freed", "held_back", "now")
+    __slots__ = ("announced", "arb", "baseline", "events", "freed", "held_back", "now", "released")
 
     def __init__(self, arb: Arbiter, now: float) -> None:
         self.arb = arb
@@ -44,8 +44,11 @@ class Operation:
         self.baseline: dict[Watchpoint, dict[int, tuple[int, ...]]] = {}
         # The indices an allocation installed in this operation was announced with.
         self.announced: dict[str, dict[int, tuple[int, ...]]] = {}
-        # The keys of the waiting queue whose waiters may fit now (see `waiting.note_freed`).
+        # The keys of the waiting queue whose waiters may fit now (see `waiting.note_freed`),
+        # and the registers released whose keys are not in it yet: most operations end with
+        # nobody waiting, so a release only notes what it freed (`collect` makes the keys).
         self.freed: set[tuple[Any, ...]] = set()
+        self.released: list[tuple[str, int | None, tuple[int, ...]]] = []
         # Waiters an admin evicted in this operation: not reinstalled by it.
         self.held_back: set[str] = set()
         if arb.recheck:
@@ -77,23 +80,22 @@ class Operation:
     def end(self) -> list[Event]:
         """Serve the waiters of what was freed, announce every index that changed, and hand
         back the events in order. The operation is over."""
-        if self.freed and self.arb.queue:
+        if (self.freed or self.released) and self.arb.queue:
             waiting.serve(self)
         announced = self.announced
-        moved_to, moved = transition(INSTALLED, Trigger.MOVE)
         for wp, before in self.baseline.items():
             for alloc in wp.holders:
                 # An allocation installed in this operation was announced with the indices it
                 # had then; every other holder last heard of `before`.
                 seen = announced.get(alloc.id, before)
                 if wp.indices != seen:
-                    alloc.state = moved_to
+                    alloc.state = MOVED_TO
                     previous = [
                         {"cpu": c, "pool": alloc.pool, "index": i}
                         for c, held in seen.items()
                         for i in held
                     ]
-                    self.emit(moved, alloc.session, alloc, {"previous": previous})
+                    self.emit(MOVED, alloc.session, alloc, {"previous": previous})
         return self.events
 
     # ------------------------------------------------------------------ room for waiters
@@ -101,7 +103,14 @@ class Operation:
     def free(self, budget: str, tid: int | None, cpus: tuple[int, ...]) -> None:
         """Registers of `budget` held CPU-wide (`tid` None) or by task `tid` on `cpus` were
         freed, or their holders weakened: the waiters they competed with may fit now."""
-        waiting.note_freed(self.freed, budget, tid, cpus)
+        self.released.append((budget, tid, cpus))
+
+    def collect(self) -> set[tuple[Any, ...]]:
+        """`freed`, with the keys of every release noted since the last call added."""
+        for budget, tid, cpus in self.released:
+            waiting.note_freed(self.freed, budget, tid, cpus)
+        self.released.clear()
+        return self.freed
 
     def free_budgets(self, budgets: Iterable[str]) -> None:
         """Every waiter of these budgets may fit now (a host setting changed)."""
@@ -146,8 +155,10 @@ class Operation:
         self.arb.queue.add(alloc, self.arb.budget_key(alloc.pool, alloc.space))
         self.emit(event, alloc.session, alloc, {"blockers": views.name_blockers(blockers)})
 
-    def finish(self, alloc: Allocation, trigger: Trigger, reason: str) -> None:
-        """Move a live allocation to a terminal state (released or expired)."""
+    def finish(
+        self, alloc: Allocation, trigger: Trigger, reason: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Move a live allocation to a terminal state (released, expired or rejected)."""
         state = alloc.state
         alloc.state, event = transition(state, trigger)
         if state is INSTALLED:
@@ -157,16 +168,11 @@ class Operation:
         alloc.updated_at = self.now
         alloc.reason = reason
         self.retire(alloc)
-        self.emit(event, alloc.session, alloc)
+        self.emit(event, alloc.session, alloc, data)
 
     def reject(self, alloc: Allocation, reason: str) -> None:
         """The kernel will never take waiting `alloc` (not for lack of room): it ends."""
-        self.arb.queue.remove(alloc, self.arb.budget_key(alloc.pool, alloc.space))
-        alloc.state, event = transition(alloc.state, Trigger.REJECT)
-        alloc.updated_at = self.now
-        alloc.reason = reason
-        self.retire(alloc)
-        self.emit(event, alloc.session, alloc, {"reason": reason})
+        self.finish(alloc, Trigger.REJECT, reason, {"reason": reason})
 
     def evict_all(
         self, victims: list[Watchpoint], reason: str, evictor: dict[str, Any] | None = None
@@ -244,7 +250,7 @@ class Operation:
         wp.holders.remove(alloc)
         # Even when others still hold it, the register may now be weaker (lower priority, or
         # evictable), so the waiters it competes with are reconsidered.
-        waiting.note_freed(self.freed, wp.pool, wp.tid, wp.cpus)
+        self.free(wp.pool, wp.tid, wp.cpus)
         if wp.holders:
             return
         budget = arb.budgets[wp.pool]

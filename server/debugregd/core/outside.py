@@ -85,7 +85,7 @@ def rearm(arb: Arbiter, now: float) -> list[Event]:
             into.tasks.update(m.tasks)
             into.others.update(m.others)
             why = f"{reason}: users outside debugregd hold the registers"
-        elif answer.why == NO_TASK and wp.tid is not None and wp.tid > 0:
+        elif answer.why == NO_TASK and wp.tid is not None:
             end_task(op, wp.tid)
             continue
         else:

@@ -143,7 +143,7 @@ def serve(op: Operation) -> None:
     no evict/reinstall loop); one whose task is gone ends with its task."""
     arb = op.arb
     queue = arb.queue
-    while op.freed and queue:
+    while op.collect() and queue:
         freed, op.freed = op.freed, set()
         taken = set(freed)
         pending = queue.filed_under(freed)  # sorted: a heap already
@@ -191,7 +191,7 @@ def serve(op: Operation) -> None:
             queue.remove(alloc, key)
             op.evict_all(victims, *arb.evicted_for(alloc))
             op.install(alloc, wp, budget, Trigger.REINSTALL)
-            new = op.freed - taken
+            new = op.collect() - taken
             if new:
                 taken |= new
                 for later in queue.filed_under(new):
