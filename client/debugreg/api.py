@@ -370,7 +370,8 @@ def sim_access(token: str | None, **fields: Any) -> Call[schema.SimAccessResult]
 
 
 def session_baseline(session_id: str, token: str | None) -> Call[Baseline]:
-    """What a session stream's reader re-reads after a `reset`: its own allocations."""
+    """What a session stream's reader reads when it opens and re-reads after a `reset`: its own
+    allocations."""
     return Call(
         "GET",
         "/v1/allocations",

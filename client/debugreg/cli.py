@@ -298,7 +298,7 @@ def cmd_hits(client: Client, args: argparse.Namespace) -> int:
         if live is not None:
             live.stop()
         elif not args.json:
-            _out(render.console_text(table.render()))
+            render.console().print(table.render())
     return OK
 
 

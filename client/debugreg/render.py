@@ -384,10 +384,3 @@ def live(renderable: Table) -> Live | None:
     shown = Live(renderable, console=out, auto_refresh=False)
     shown.start()
     return shown
-
-
-def console_text(renderable: Table) -> str:
-    out = Console(width=160, no_color=True, highlight=False, soft_wrap=False, record=True)
-    with out.capture() as captured:
-        out.print(renderable)
-    return captured.get().rstrip("\n")

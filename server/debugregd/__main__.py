@@ -122,7 +122,7 @@ def serve(settings: Settings) -> int:
         return 2
     try:
         # The hardware is checked before anything else: a contradiction is one line, no server.
-        open_backend(settings).close()
+        open_backend(settings)[0].close()
         lock = lock_state_dir(settings.state_dir)
     except StartupError as exc:
         print(f"debugregd: {exc}", file=sys.stderr)
@@ -177,7 +177,6 @@ def serve(settings: Settings) -> int:
         **tls.uvicorn_options(settings),
         http=protocol_for(connection_limits(settings)),
         ws="none",  # the API has no WebSocket route; an upgrade would leave the bound's count
-        timeout_keep_alive=max(1, round(settings.idle_timeout_s)),  # the protocol's is exact
     )
 
     def end_streams() -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from debugregd import wire
 from debugregd.backends.base import Backend, Hit, Targets
-from debugregd.commands import Command, Outcome, execute, replay
+from debugregd.commands import Command, Outcome, execute
 from debugregd.core import Allocation, Arbiter, CoreError, Event, EventType, Refused, Session
 from debugregd.core.errors import KernelRefused
 from debugregd.core.kernel import Measurement, Recorder
@@ -72,6 +72,7 @@ class Runtime:
         hub: EventHub,
         backend: Backend,
         *,
+        probe: dict[str, Any] | None = None,
         retention: int,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -105,7 +106,7 @@ class Runtime:
             if yield_to_tracers and backend.real_tasks
             else None
         )
-        self.probe: dict[str, Any] = {}
+        self.probe = probe or {}  # what the backend found at start (shown at /v1/host)
         self.retention = retention
         self.clock = clock
         self.tokens: dict[str, str] = journal.tokens()  # digest -> session id
@@ -139,25 +140,9 @@ class Runtime:
 
     # -- start and stop
 
-    @classmethod
-    def recover(cls, journal: Journal, fresh: Callable[[], Arbiter]) -> tuple[Arbiter, int]:
-        """Rebuild the arbiter: the latest snapshot, then every command journaled after it."""
-        snap = journal.latest_snapshot()
-        if snap is None:
-            arbiter, after = fresh(), 0
-        else:
-            after, data = snap
-            arbiter = Arbiter.restore(data)
-        replayed = 0
-        for _, command in journal.commands_after(after):
-            replay(arbiter, command)
-            replayed += 1
-        return arbiter, replayed
-
     def start(self) -> None:
-        """Probe the hardware, give every lease a grace period, arm again what the journal says
-        is installed, find who holds registers outside debugregd, and start the sweepers."""
-        self.probe = self.backend.probe()
+        """Give every lease a grace period, arm again what the journal says is installed, find
+        who holds registers outside debugregd, and start the sweepers."""
         self.stage({"op": "grace", "now": self.clock()})
         # Settings that decide admission enter as a journaled command, so a replay decides
         # each request under the settings it was decided under.
@@ -311,11 +296,9 @@ class Runtime:
             tid = command["tid"]
         else:
             return
-        if tid is not None:
-            self.tasks.watch(tid)
-            if self.tracers is not None and self.tracers.known.get(tid, 0) == 0:
-                # Traced already when first allocated for: the connector told nobody.
-                self.tracers.check()
+        if tid is not None and self.tasks.watch(tid) and self.tracers is not None:
+            # Traced already when first allocated for: the connector told nobody.
+            self.tracers.check_one(tid)
 
     async def run(self, command: Command) -> Any:
         """`apply`, then wait for the commit."""

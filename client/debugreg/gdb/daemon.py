@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from debugreg.gdb.settings import Settings
+
+if TYPE_CHECKING:
+    import ssl
 
 TIMEOUT_S = 3.0
 MAX_ANSWER = 1 << 20  # bytes: the daemon's answers to these calls are a few hundred
@@ -53,6 +56,7 @@ class Daemon:
         self.settings = settings
         self.url = settings.url
         self.timeout = timeout
+        self._context: ssl.SSLContext | None = None
 
     # -- the calls
 
@@ -111,6 +115,16 @@ class Daemon:
             return json.loads(content) if content else None
         raise _error(status, content)
 
+    def _tls(self) -> ssl.SSLContext:
+        """The TLS context for an https:// daemon, built on first use and kept: loading the CA
+        bundle costs tens of milliseconds, on gdb's thread. Only an https:// daemon pays for
+        ssl (DEBUGREG_CA, DEBUGREG_CERT, DEBUGREG_KEY, read by the module the CLI uses)."""
+        if self._context is None:
+            from debugreg.tls import TLSSettings
+
+            self._context = TLSSettings.resolve().context()
+        return self._context
+
     def _exchange(
         self, method: str, path: str, headers: dict[str, str], data: bytes
     ) -> tuple[int, bytes]:
@@ -123,12 +137,7 @@ class Daemon:
         )
         try:
             if https:
-                # Only an https:// daemon pays for ssl and the CA bundle (DEBUGREG_CA,
-                # DEBUGREG_CERT, DEBUGREG_KEY), read by the module the CLI uses.
-                from debugreg.tls import TLSSettings
-
-                context = TLSSettings.resolve().context()
-                connection = context.wrap_socket(connection, server_hostname=host)
+                connection = self._tls().wrap_socket(connection, server_hostname=host)
             lines = [f"{method} {url.path.rstrip('/')}{path} HTTP/1.1", f"Host: {url.netloc}"]
             lines += [f"{name}: {value}" for name, value in headers.items()]
             lines.append(f"Content-Length: {len(data)}")

@@ -175,14 +175,14 @@ class Extension:
         return int(address), length
 
 
-def live_threads(bp: gdb.Breakpoint | None = None) -> list[Thread]:
-    """The threads of every process gdb debugs (those `bp` is inserted in)."""
+def live_threads(bp: gdb.Breakpoint) -> list[Thread]:
+    """The threads `bp` is inserted in, of every process gdb debugs."""
     return [
         _thread(thread)
         for inferior in gdb.inferiors()
         if inferior.pid
         for thread in inferior.threads()
-        if bp is None or _applies(bp, thread)
+        if _applies(bp, thread)
     ]
 
 

@@ -13,7 +13,7 @@ from debugregd.api.context import Caller, Daemon, admin_of, daemon_of, session_o
 from debugregd.api.document import problems
 from debugregd.api.responses import Json
 from debugregd.backends.sim import NoRoomToInject, SimBackend
-from debugregd.core import InvalidRequest, NotFound, Refused
+from debugregd.core import InvalidRequest, NotFound, Refused, Scope
 
 router = APIRouter(prefix="/v1", tags=["host"])
 
@@ -161,8 +161,7 @@ async def stats(request: Request) -> dict[str, int]:
 async def sim_access(body: schema.SimAccess, request: Request) -> dict[str, Any]:
     d = daemon_of(request)
     admin_of(request)
-    if d.rt.backend.name != "sim":
-        raise InvalidRequest("simulated accesses exist only with --backend sim")
+    _sim(d, "simulated accesses")
     hits = change(
         request,
         {
@@ -202,10 +201,11 @@ async def measure_outside(request: Request) -> dict[str, Any]:
     return await outside(request)  # what GET /v1/outside answers now
 
 
-def _sim(d: Daemon) -> SimBackend:
+def _sim(d: Daemon, what: str = "simulated users outside debugregd") -> SimBackend:
+    """The sim backend, or a 422 saying that `what` exist only with it."""
     backend = d.rt.backend
     if not isinstance(backend, SimBackend):
-        raise InvalidRequest("simulated users outside debugregd exist only with --backend sim")
+        raise InvalidRequest(f"{what} exist only with --backend sim")
     return backend
 
 
@@ -221,16 +221,9 @@ async def sim_outside(body: schema.SimOutsideRequest, request: Request) -> dict[
     admin_of(request)
     sim = _sim(d)
     arb = d.arbiter
-    scope = body.scope
-    tid: int | None = None
-    cpus: tuple[int, ...]
-    if isinstance(scope, schema.CpuScope):
-        cpus = (scope.cpu,)
-    else:
-        listed = scope.cpus
-        cpus = arb.all_cpus if listed is None or listed == "all" else tuple(sorted(set(listed)))
-        if isinstance(scope, schema.TaskScope):
-            tid = scope.tid
+    # The allocation's scope, read as the core reads it (the same journaled form).
+    scope = Scope.from_dict(body.scope.model_dump(exclude_none=True))
+    tid, cpus = scope.tid, arb.cpus_of(scope)
     for cpu in cpus:
         arb.check_cpu(cpu)
     pool = body.pool or arb.profile.data_pool

@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -89,10 +89,10 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return handle
 
 
-def open_backend(settings: Settings) -> Backend:
-    """The hardware backend, its machine checked against the settings (StartupError says what
-    to change when they contradict each other)."""
-    check_debugger_settings(settings)
+def open_backend(settings: Settings) -> tuple[Backend, dict[str, Any]]:
+    """The hardware backend and what its probe found, its machine checked against the settings
+    (StartupError says what to change when they contradict each other)."""
+    check_settings(settings)
     try:
         profile = make_profile(settings.profile, settings.pools or None)
         backend = make_backend(
@@ -103,14 +103,15 @@ def open_backend(settings: Settings) -> Backend:
             hit_budget=settings.hit_budget,
             hit_sites=settings.hit_sites,
         )
-        backend.probe()
+        probe = backend.probe()
     except ProbeError as exc:
         raise StartupError(str(exc)) from None
-    return backend
+    return backend, probe
 
 
-def check_debugger_settings(settings: Settings) -> None:
-    """StartupError unless --reserve-for-ptrace and --yield-to-tracers fit the host."""
+def check_settings(settings: Settings) -> None:
+    """StartupError unless the settings fit the host and one another (--reserve-for-ptrace,
+    --snapshot-every, --hit-budget, --hit-sites, --yield-to-tracers)."""
     smallest = min(make_profile(settings.profile, settings.pools or None).pools.values())
     if not 0 <= settings.reserve_for_ptrace < smallest:
         raise StartupError(
@@ -183,7 +184,7 @@ def open_runtime(settings: Settings, metrics: Metrics, opened: Opened | None = N
     arbiter, journal = opened.arbiter, opened.journal
     hub = EventHub(buffer=settings.sse_buffer)
     try:
-        backend = open_backend(settings)
+        backend, probe = open_backend(settings)
     except StartupError:
         journal.close()
         raise
@@ -192,6 +193,7 @@ def open_runtime(settings: Settings, metrics: Metrics, opened: Opened | None = N
         journal,
         hub,
         backend,
+        probe=probe,
         retention=settings.retention,
         metrics=metrics,
         outside_interval=settings.outside_interval_s,

@@ -50,61 +50,56 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     """Replay what the client missed, then follow live; ends on shutdown or when cut off.
     `sub` was subscribed before the history is read, so nothing falls in between; events are
-    shown as `reader` may see them (a session; None: the admin)."""
+    shown as `reader` may see them (a session; None: the admin). `StreamResponse` ends `sub`."""
     rt = d.rt
     hub = rt.hub
-    try:
-        last = hub.published_id if since is None else since
-        if since is not None and since != hub.published_id:
-            earliest = rt.journal.earliest_event()
-            # Older than retention, or newer than anything here (a wiped or foreign journal):
-            # the client cannot catch up event by event and must re-read state.
-            if earliest == 0 or since < earliest - 1 or since > hub.published_id:
-                last = hub.published_id
-                reset = {
-                    "id": last,
-                    "type": EventType.RESET,
-                    "at": time.time(),
-                    "since": since,
-                    "earliest": earliest,
-                }
-                yield format_sse_event(
-                    data_str=wire.dumps(reset), event=EventType.RESET, id=str(last)
-                )
-            else:
-                while last < hub.published_id:
-                    page = hub.recent_after(last)
-                    if page is None:
-                        page = rt.journal.events_after(last, PAGE)
-                    if not page:
-                        break
-                    for ev in page:
-                        if ev.id > last and (session is None or ev.session == session):
-                            yield _sse(ev, reader)
-                            if session is not None and ev.type == EventType.SESSION_CLOSED:
-                                return
-                        last = max(last, ev.id)
-        heartbeat = d.settings.heartbeat_s
-        delivery = rt.metrics.notices
-        while not sub.overflowed:
-            if not sub.pending:
-                if sub.closed:
-                    return
-                if not await sub.wait(heartbeat):
-                    yield KEEPALIVE_COMMENT
-                continue
-            live = sub.pending.popleft()
-            if live.id > last:
-                last = live.id
-                yield _sse(live, reader)
-                # Resumed here once the server has sent the bytes on: the event is delivered.
-                published = hub.published_at(live.id)
-                if published is not None:
-                    delivery.observe(time.perf_counter() - published)
-                if session is not None and live.type == EventType.SESSION_CLOSED:
-                    return  # the session is over: so is its stream
-    finally:
-        hub.unsubscribe(sub)
+    last = hub.published_id if since is None else since
+    if since is not None and since != hub.published_id:
+        earliest = rt.journal.earliest_event()
+        # Older than retention, or newer than anything here (a wiped or foreign journal):
+        # the client cannot catch up event by event and must re-read state.
+        if earliest == 0 or since < earliest - 1 or since > hub.published_id:
+            last = hub.published_id
+            reset = {
+                "id": last,
+                "type": EventType.RESET,
+                "at": time.time(),
+                "since": since,
+                "earliest": earliest,
+            }
+            yield format_sse_event(data_str=wire.dumps(reset), event=EventType.RESET, id=str(last))
+        else:
+            while last < hub.published_id:
+                page = hub.recent_after(last)
+                if page is None:
+                    page = rt.journal.events_after(last, PAGE)
+                if not page:
+                    break
+                for ev in page:
+                    if ev.id > last and (session is None or ev.session == session):
+                        yield _sse(ev, reader)
+                        if session is not None and ev.type == EventType.SESSION_CLOSED:
+                            return
+                    last = max(last, ev.id)
+    heartbeat = d.settings.heartbeat_s
+    delivery = rt.metrics.notices
+    while not sub.overflowed:
+        if not sub.pending:
+            if sub.closed:
+                return
+            if not await sub.wait(heartbeat):
+                yield KEEPALIVE_COMMENT
+            continue
+        live = sub.pending.popleft()
+        if live.id > last:
+            last = live.id
+            yield _sse(live, reader)
+            # Resumed here once the server has sent the bytes on: the event is delivered.
+            published = hub.published_at(live.id)
+            if published is not None:
+                delivery.observe(time.perf_counter() - published)
+            if session is not None and live.type == EventType.SESSION_CLOSED:
+                return  # the session is over: so is its stream
 
 
 class StreamResponse(EventSourceResponse):

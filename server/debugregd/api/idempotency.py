@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from debugregd import wire
 from debugregd.api.context import Caller, daemon_of
 from debugregd.api.errors import Problem
+from debugregd.api.inputs import HEADER_MAX
 from debugregd.api.responses import Json
 
 # The first answer (its status and body), from a change made with `commit.change`.
@@ -60,9 +61,12 @@ def respond(
     A key reused with a different `body` is a 409 (it conflicts with the request the key
     already stands for), so a key can never hand one request's answer to a different request.
     """
-    if key is not None and len(key) > 200:
+    if key is not None and len(key) > HEADER_MAX:
         raise Problem(
-            422, "invalid-request", "Invalid request", "Idempotency-Key is at most 200 characters"
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"Idempotency-Key is at most {HEADER_MAX} characters",
         )
     scoped = None if key is None else _scope(who, path, key)
     if scoped is None:

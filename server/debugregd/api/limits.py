@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from debugregd.api.errors import problem
+from debugregd.api.inputs import NUMBER_DIGITS
 
 
 class BodyLimit:
@@ -29,7 +30,7 @@ class BodyLimit:
             if (
                 name == b"content-length"
                 and value.isdigit()
-                and (len(value) > 19 or int(value) > self.limit)
+                and (len(value) > NUMBER_DIGITS or int(value) > self.limit)
             ):
                 response = problem(
                     413, "request-body-too-large", "Request body too large", self._detail()

@@ -36,6 +36,13 @@ class Targets:
     def __bool__(self) -> bool:
         return bool(self.cpus or self.tasks or self.others)
 
+    @classmethod
+    def refused(cls, wp: Watchpoint) -> Targets:
+        """Where the kernel refused `wp`: its task, or its CPUs and the fullest task on each."""
+        if wp.tid is None:
+            return cls(cpus=set(wp.cpus), others=set(wp.cpus))
+        return cls(tasks={wp.tid})
+
 
 class Backend(Protocol):
     """Arms and disarms what the core decided, measures the rest of the world; called from one

@@ -12,8 +12,9 @@ samples or losses since the previous flush, and starts the next interval.
 Bounded: at most `budget` samples per key per interval are attributed to call sites; any beyond
 are dropped and counted as lost. A reader asked to drain only `room(key)` samples leaves the rest in
 its ring, where the kernel drops (and counts) what no longer fits, so the excess costs the daemon
-nothing at all. Memory per key is at most `budget` sites; `flush` sorts them and resolves only the
-`sites` it reports (through `resolve`, the caller's: `symbols.Resolver.resolve`).
+nothing at all. Memory per key is at most `budget` sites; `flush` sorts them and keeps only the
+`sites` it reports, named at once when given `resolve` (`symbols.Resolver.resolve`); the daemon
+names them later instead, off its event loop, through `name_site`.
 
 A report, the payload of a `hit` event:
 
@@ -90,6 +91,13 @@ class HitReport(TypedDict):
     sites: list[SiteReport]
     other_sites: int
     other_count: int
+
+
+def name_site(site: SiteReport, location: Location | None) -> None:
+    """Fill in where `site` is (its mapping and symbol), when `location` is known."""
+    if location is not None:
+        site["mapping"] = {"file": location.file, "offset": f"{location.offset:#x}"}
+        site["symbol"] = location.symbol
 
 
 @dataclass(slots=True)
@@ -243,15 +251,11 @@ class HitAggregator:
         }
 
     def _site(self, pid: int, ip: int, site: _Site, resolve: Resolve | None) -> SiteReport:
-        location = resolve(pid, ip) if resolve is not None else None
-        mapping: MappingReport | None = None
-        if location is not None:
-            mapping = {"file": location.file, "offset": f"{location.offset:#x}"}
-        return {
+        report: SiteReport = {
             "ip": f"{ip:#x}",
             "pid": pid,
-            "symbol": location.symbol if location is not None else None,
-            "mapping": mapping,
+            "symbol": None,
+            "mapping": None,
             "first": self._seconds(site.first),
             "last": self._seconds(site.last),
             "count": site.count,
@@ -259,6 +263,9 @@ class HitAggregator:
             "threads": len(site.tids),
             "cpus": sorted(site.cpus),
         }
+        if resolve is not None:
+            name_site(report, resolve(pid, ip))
+        return report
 
     def _seconds(self, ns: int) -> float:
         return ns / 1e9 + self.time_offset

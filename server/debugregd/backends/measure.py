@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from debugregd.core.kernel import Measurement
 from debugregd.core.model import Watchpoint
 
-ALL_CPUS = -1  # a task measured on every CPU at once (perf's cpu=-1)
-
 
 class Armed:
     """What the daemon armed in one budget, counted as the kernel counts it: per CPU for CPU-wide
@@ -65,8 +63,8 @@ class Armed:
 @dataclass(slots=True)
 class FreeRoom:
     """Free room found on one budget's targets (see the module docstring), by the kernel's
-    answers: `idle[c]` for a task holding nothing on CPU c, `tasks[t][c]` for task t on CPU c (or
-    on every CPU at once, c = ALL_CPUS), `cpu_wide[c]` for one more CPU-wide watchpoint."""
+    answers: `idle[c]` for a task holding nothing on CPU c, `tasks[t][c]` for task t on CPU c,
+    `cpu_wide[c]` for one more CPU-wide watchpoint."""
 
     idle: dict[int, int] = field(default_factory=dict)
     tasks: dict[int, dict[int, int]] = field(default_factory=dict)
@@ -88,14 +86,7 @@ def outside_holders(
         measured.cpus[c] = outside
         pinned[c] = armed.cpu[c] + outside
     for tid, rooms in free.tasks.items():
-        if ALL_CPUS in rooms:  # the kernel's count where the task is fullest
-            held = slots - rooms[ALL_CPUS]
-            own = max(pinned[c] + armed.task_on(tid, c) for c in range(armed.ncpus))
-            outside = held - own
-        else:
-            outside = max(
-                slots - room - pinned[c] - armed.task_on(tid, c) for c, room in rooms.items()
-            )
+        outside = max(slots - room - pinned[c] - armed.task_on(tid, c) for c, room in rooms.items())
         measured.tasks[tid] = max(0, outside)
     for c, room in free.cpu_wide.items():
         fullest = slots - room - pinned[c]  # the fullest task on c, whoever's it is

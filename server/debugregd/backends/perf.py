@@ -31,8 +31,14 @@ from typing import Any
 
 from debugregd.backends import perf_event
 from debugregd.backends.base import Hit, Targets
-from debugregd.backends.hits import DEFAULT_BUDGET, DEFAULT_SITES, HitAggregator, HitReport
-from debugregd.backends.measure import ALL_CPUS, Armed, FreeRoom, outside_holders
+from debugregd.backends.hits import (
+    DEFAULT_BUDGET,
+    DEFAULT_SITES,
+    HitAggregator,
+    HitReport,
+    name_site,
+)
+from debugregd.backends.measure import Armed, FreeRoom, outside_holders
 from debugregd.backends.perf_event import PerfEventError
 from debugregd.backends.ring import SampleReader, Totals, open_sampler
 from debugregd.backends.symbols import Resolver
@@ -56,6 +62,7 @@ BP_TYPES = {
     Access.RW: perf_event.HW_BREAKPOINT_RW,
 }
 ANY_TASK = -1  # perf's pid argument for "every task on this CPU"
+ALL_CPUS = -1  # perf's cpu argument for "this task on every CPU"
 # The machine each profile describes, as platform.machine() names it.
 MACHINES = {"x86_64": ("x86_64",), "arm64": ("aarch64", "arm64"), "ppc64": ("ppc64", "ppc64le")}
 # Registers x86-64 has per CPU (DR0-DR3): fixed by the architecture, whatever is free now.
@@ -156,7 +163,7 @@ class PerfBackend:
         if report is not None:
             self._ended.extend(self._hits(wp, report))
         _close_all(counters)
-        self._mine[self._pool(wp)].remove(wp)
+        self._mine[wp.pool].remove(wp)
 
     def measure(self, targets: dict[str, Targets]) -> list[Measurement]:
         out = []
@@ -240,10 +247,7 @@ class PerfBackend:
         for hit in hits:
             for site in hit.data.get("sites", ()):
                 if site["mapping"] is None:
-                    where = self.resolver.resolve(site["pid"], int(site["ip"], 16))
-                    if where is not None:
-                        site["mapping"] = {"file": where.file, "offset": f"{where.offset:#x}"}
-                        site["symbol"] = where.symbol
+                    name_site(site, self.resolver.resolve(site["pid"], int(site["ip"], 16)))
         for tid in exited:
             self.resolver.forget(tid)
 
@@ -263,9 +267,6 @@ class PerfBackend:
 
     # -- internals
 
-    def _pool(self, wp: Watchpoint) -> str:
-        return wp.pool.partition("/")[0]
-
     def _arm_one(self, wp: Watchpoint) -> None:
         counters: list[_Counter] = []
         bp_type = BP_TYPES[wp.access]
@@ -280,7 +281,7 @@ class PerfBackend:
             _close_all(counters)
             return
         self._counters[wp] = counters
-        self._mine[self._pool(wp)].add(wp)
+        self._mine[wp.pool].add(wp)
         for counter in counters:
             self._listen(wp, counter, True)
 
@@ -367,12 +368,8 @@ class PerfBackend:
     def _answer(self, failed: _OpenFailed, wp: Watchpoint) -> Answer:
         err = failed.errno
         if err == errno.ENOSPC:
-            if wp.tid is None:
-                want = Targets(cpus=set(wp.cpus), others=set(wp.cpus))
-            else:
-                want = Targets(tasks={wp.tid})
             try:
-                return NoRoom(self._measure(self._pool(wp), want))
+                return NoRoom(self._measure(wp.pool, Targets.refused(wp)))
             except PerfEventError as exc:
                 err = exc.errno  # e.g. the task exited meanwhile
         why = {

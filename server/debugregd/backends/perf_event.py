@@ -51,7 +51,6 @@ PERF_FORMAT_LOST = 1 << 4
 CLOCK_MONOTONIC = 1  # NMI-safe, so the kernel allows it for every PMU; time.monotonic_ns() reads it
 
 PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
-PERF_EVENT_IOC_DISABLE = 0x2401  # _IO('$', 1)
 
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 
@@ -167,11 +166,6 @@ def sampling_breakpoint_attr(
 def enable(fd: int) -> None:
     """Start counting (and sampling) an event opened disabled."""
     fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
-
-
-def disable(fd: int) -> None:
-    """Stop counting an event; its count so far stays readable."""
-    fcntl.ioctl(fd, PERF_EVENT_IOC_DISABLE, 0)
 
 
 def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int = -1) -> int:

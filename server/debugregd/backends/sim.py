@@ -242,9 +242,5 @@ class SimBackend:
 
     def _measure_for(self, wp: Watchpoint) -> Measurement:
         """What users outside debugregd hold where `wp` was refused."""
-        if wp.tid is None:
-            targets = Targets(cpus=set(wp.cpus), others=set(wp.cpus))
-        else:
-            targets = Targets(tasks={wp.tid})
-        (measured,) = self.measure({wp.pool: targets})
+        (measured,) = self.measure({wp.pool: Targets.refused(wp)})
         return measured

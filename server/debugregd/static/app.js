@@ -21,6 +21,7 @@ import {
   outsideAmount,
   outsideKey,
   outsidePhrase,
+  outsidePlace,
   priorityClass,
 } from "./model.js";
 
@@ -512,8 +513,7 @@ const RESERVATION = "reservation (armed by its debugger)";
 /** Where an outside holder is, for the feed and the details: "CPU 1", "task 7" (with the pool
  * when the host has more than one). */
 function outsideWhere(pool, target) {
-  const where =
-    target.kind === "cpu" ? `CPU ${target.cpu}` : target.kind === "task" ? `task ${target.tid}` : `another task on CPU ${target.cpu}`;
+  const where = outsidePlace(target);
   return model.poolKeys().length > 1 ? `${where} (${pool})` : where;
 }
 

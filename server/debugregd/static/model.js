@@ -39,12 +39,15 @@ export function outsideKey(pool, target) {
   return `${pool}|${target.kind}|${n}`;
 }
 
+/** Where an outside holder is: "CPU 1", "task 7", "another task on CPU 1". */
+export function outsidePlace(target) {
+  if (target.kind === "cpu") return `CPU ${target.cpu}`;
+  return target.kind === "task" ? `task ${target.tid}` : `another task on CPU ${target.cpu}`;
+}
+
 /** What an outside holder holds where: "2 registers on CPU 1". */
 export function outsideAmount(rec) {
-  const t = rec.target;
-  const where =
-    t.kind === "cpu" ? `on CPU ${t.cpu}` : t.kind === "task" ? `on task ${t.tid}` : `on another task on CPU ${t.cpu}`;
-  return `${rec.registers} register${rec.registers === 1 ? "" : "s"} ${where}`;
+  return `${rec.registers} register${rec.registers === 1 ? "" : "s"} on ${outsidePlace(rec.target)}`;
 }
 
 /** The daemon's own phrase for an outside holder: "outside debugregd: 2 registers on CPU 1". */
@@ -91,7 +94,7 @@ export class Model {
       snap.allocations.filter((a) => LIVE.has(a.state)).map((a) => [a.id, a]),
     );
     this.outside = new Map(
-      (snap.outside ?? snap.host?.outside ?? []).map((r) => [outsideKey(r.pool, r.target), { ...r }]),
+      (snap.outside ?? []).map((r) => [outsideKey(r.pool, r.target), { ...r }]),
     );
     // The snapshot's own waiting order is authoritative for the ones it lists.
     this.waitRank = new Map((snap.waiting ?? []).map((id, i) => [id, i]));
