@@ -211,7 +211,7 @@ def test_a_release_looks_only_at_the_waiters_it_can_serve(
     # Issue 17: one session queued 20,000 waiters on one CPU and every release on another CPU
     # walked them all. A waiter is looked at (its share key computed) only when the registers
     # freed are on one of its CPUs.
-    import debugregd.core.arbiter as arbiter
+    import debugregd.core.waiting as waiting
 
     arb = host(ncpus=2)
     for i in range(4):
@@ -221,13 +221,13 @@ def test_a_release_looks_only_at_the_waiters_it_can_serve(
         arb.allocate(None, request(task(100 + i, [1]), 0x4000 + 8 * i, wait=True), 1)
     mine = install(arb, request(cpu(0), 0x8000))
     looked: list[object] = []
-    real = arbiter.share_key
+    real = waiting.share_key
 
     def counting(*args: object) -> object:
         looked.append(args)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(arbiter, "share_key", counting)
+    monkeypatch.setattr(waiting, "share_key", counting)
     _, events = arb.release(mine, 2)
     assert types(events) == ["released"]
     assert looked == []

@@ -99,11 +99,11 @@ def test_a_variable_written_in_a_tight_loop_costs_the_daemon_bounded_work(
     _, auth = session(daemon)
     hot = watch(daemon, auth, pid, address)
     assert hot.status_code == 201, hot.text
+    started = time.monotonic()  # the reports counted below are those since now
     since = last_event_id(daemon)
     first(daemon, since, lambda e: e["type"] == "hit")  # it is being hit
 
     # Meanwhile the daemon answers and arbitrates as usual.
-    started = time.monotonic()
     with daemon.anon() as http:
         for n in range(20):
             assert http.get("/healthz").status_code == 200
