@@ -134,7 +134,7 @@ def kernel_open_probe() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=2_000, help="pairs per sample")
     parser.add_argument("--reps", type=int, default=15, help="samples per target")
     parser.add_argument("--json", action="store_true", help="print JSON only")

@@ -185,7 +185,7 @@ def measure(backend: str, binary: Path, runs: int, tmp: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15, help="runs per variant and backend")
     parser.add_argument("--backend", choices=["sim", "perf", "both"], default="both")
     parser.add_argument("--json", action="store_true", help="print JSON only")

