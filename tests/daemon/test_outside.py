@@ -252,3 +252,35 @@ def test_the_daemon_stays_truthful_against_a_fake_kernel_with_outside_users() ->
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_a_waiter_reinstalled_never_takes_the_room_a_debuggers_reservation_was_promised() -> None:
+    """Found by the machine above: an outside user holds 2 registers of CPU 0 the daemon never
+    measured (nothing was refused); a CPU-wide holder of the other 2 is evicted by an admin
+    (on_evict: wait). A reservation for task 1 is then admitted, and in the same operation the
+    waiter comes back: the core's count (2 + 1) fits, and the kernel took the waiter since it
+    holds nothing of a reservation, so the debugger's own write found no room. The kernel is now
+    asked to admit the reservation again once the waiter is armed: it refuses, the outside user
+    is measured, and the waiter keeps waiting."""
+    machine = DaemonAgainstAFakeKernel()
+    try:
+        machine.an_outside_user_takes_registers(tid=None, cpus=(0,), registers=2)
+        held = dict(where="cpu0", priority=100, wait=False, on_evict="wait", evictable=False)
+        machine.allocate(**held, reservation=False, length=12)  # type: ignore[arg-type]
+        (waiter,) = machine.arb.allocations
+        machine.step({"op": "evict", "allocation": waiter, "reason": "admin"})
+        # The debugger's registers are written at once (the machine's rule injects them).
+        machine.allocate(
+            where=1,
+            priority=100,
+            wait=False,
+            on_evict="release",
+            evictable=False,
+            reservation=True,
+            length=8,
+        )
+        assert machine.arb.allocation(waiter).state is State.WAITING
+        assert [r["target"] for r in machine.arb.outside_records()] == [{"kind": "cpu", "cpu": 0}]
+        machine.no_register_file_is_overfilled()
+    finally:
+        machine.teardown()

@@ -3,9 +3,12 @@
 The kernel is the truth. Before the core installs a watchpoint, it asks its `Kernel` to arm it,
 after disarming the watchpoints it is about to evict; it disarms a watchpoint as soon as its last
 holder leaves. A reservation (`arm: false`, whose holder writes the registers itself) is not
-armed: the kernel only finds that the room is there. The kernel answers with a fact:
-armed (None), no room (`NoRoom`, with what users outside debugregd were measured to hold), or
-rejected (`Rejected`: no such task, an invalid breakpoint, not permitted, out of resources).
+armed: the kernel only finds that the room is there. Since it holds nothing of it until the
+debugger writes the registers (after the response), a waiter reinstalled in the same operation is
+armed only if the kernel still admits the reservation too (`waiting.serve`). The kernel answers
+with a fact: armed (None), no room (`NoRoom`, with what users outside debugregd were measured to
+hold), or rejected (`Rejected`: no such task, an invalid breakpoint, not permitted, out of
+resources).
 
 The core does no I/O: the daemon's kernel is a backend, and a `Recorder` writes every answer that
 was not "armed" into the command being run, so that replaying the journal (`Replay`) gets the same

@@ -34,7 +34,17 @@ MOVED_TO, MOVED = transition(INSTALLED, Trigger.MOVE)
 class Operation:
     """The scratch state of one change and the only way to make one (see the module)."""
 
-    __slots__ = ("announced", "arb", "baseline", "events", "freed", "held_back", "now", "released")
+    __slots__ = (
+        "announced",
+        "arb",
+        "baseline",
+        "events",
+        "freed",
+        "held_back",
+        "now",
+        "released",
+        "reserved",
+    )
 
     def __init__(self, arb: Arbiter, now: float) -> None:
         self.arb = arb
@@ -51,6 +61,9 @@ class Operation:
         self.released: list[tuple[str, int | None, tuple[int, ...]]] = []
         # Waiters an admin evicted in this operation: not reinstalled by it.
         self.held_back: set[str] = set()
+        # Reservations admitted in this operation: their debugger cannot have written them yet,
+        # so the kernel, which holds nothing of them, would give their room to a waiter.
+        self.reserved: list[Watchpoint] = []
         if arb.recheck:
             # An admin requeued waiters there in the previous operation: reconsider them now.
             self.free_budgets(arb.recheck)
@@ -134,6 +147,8 @@ class Operation:
             wp.seq = arb.seq
             arb.shared[wp.key] = wp
             budget.add(wp)
+            if not wp.key[5]:  # `arm: false`: a reservation
+                self.reserved.append(wp)
             wp.holders.append(alloc)
             alloc.watchpoint = wp
             if wp.tid is None:

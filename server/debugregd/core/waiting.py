@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from debugregd.core import debuggers, outside
 from debugregd.core import kernel as hw
-from debugregd.core.model import Allocation, ScopeKind, share_key
+from debugregd.core.model import Allocation, ScopeKind, Watchpoint, share_key
 from debugregd.core.states import State, Trigger
 
 if TYPE_CHECKING:
@@ -179,7 +179,9 @@ def serve(op: Operation) -> None:
                     refused.setdefault(shape, []).append((weight, priority))
                     continue
                 wp = arb.new_watchpoint(share, budget, tid, cpus, weight, alloc.space)
-                answer = arb.kernel.arm((wp,), plan.victims)
+                # The kernel must still admit this operation's reservations once `wp` is armed.
+                checked = _competing(op.reserved, wp, plan.victims) if op.reserved else ()
+                answer = arb.kernel.arm((wp, *checked), plan.victims)
                 if answer is not None:
                     _refused_reinstall(op, alloc, answer)
                     refused.setdefault(shape, []).append((weight, priority))
@@ -217,6 +219,22 @@ def _discard(queue: list[Entry], entry: Entry) -> None:
     i = bisect_left(queue, entry)
     assert queue[i] == entry, f"{entry} is not queued"
     del queue[i]
+
+
+def _competing(
+    reserved: list[Watchpoint], wp: Watchpoint, freeing: list[Watchpoint]
+) -> tuple[Watchpoint, ...]:
+    """The reservations whose room arming `wp` could take: those on its CPUs, for a CPU-wide
+    one; its task's own, for a task's (`freeing` and released ones aside)."""
+    cpus = set(wp.cpus)
+    return tuple(
+        r
+        for r in reserved
+        if r.holders
+        and (wp.tid is None or r.tid == wp.tid)
+        and cpus.intersection(r.cpus)
+        and r not in freeing
+    )
 
 
 __all__ = ["WaitingQueue", "note_freed", "serve", "waiter_keys"]
